@@ -1,0 +1,86 @@
+"""Subscription Portal: the application factory."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app from the environment (and `.env`), then apply `config` overrides."""
+    from dotenv import load_dotenv
+
+    from portal.config import load_config
+
+    load_dotenv(override=False)
+    settings = load_config()
+    settings.update(config or {})
+    app = Flask(__name__, instance_path=settings["INSTANCE_PATH"])
+    app.config.update(settings)
+    register_clock(app)
+    register_extensions(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    register_template_helpers(app)
+    register_commands(app)
+    return app
+
+
+def register_clock(app: Flask) -> None:
+    from portal.billing.clock import SystemClock
+
+    app.extensions["clock"] = app.config.get("CLOCK") or SystemClock()
+
+
+def register_extensions(app: Flask) -> None:
+    from portal import models  # noqa: F401  (every table registered before Alembic looks)
+    from portal.extensions import configure_sqlite_engines, csrf, db, htmx, limiter, login_manager, mail, migrate
+
+    configure_sqlite_engines()
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(_migrations_dir()), render_as_batch=True, compare_type=True)
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    mail.init_app(app)
+    htmx.init_app(app)
+    limiter.init_app(app)
+    from portal.services import auth as auth_service
+    from portal.services import outbox
+
+    auth_service.init_login_manager(login_manager)
+    outbox.init_app(app)
+
+
+def register_blueprints(app: Flask) -> None:
+    from portal.blueprints import auth, health
+    from portal.blueprints.customer import bp as customer_bp
+    from portal.blueprints.staff import bp as staff_bp
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(customer_bp)
+    app.register_blueprint(staff_bp, url_prefix="/staff")
+
+
+def register_errorhandlers(app: Flask) -> None:
+    from portal.blueprints.errors import register
+
+    register(app)
+
+
+def register_template_helpers(app: Flask) -> None:
+    from portal.templating import register
+
+    register(app)
+
+
+def register_commands(app: Flask) -> None:
+    from portal.cli import register
+
+    register(app)
+
+
+def _migrations_dir():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent / "migrations"

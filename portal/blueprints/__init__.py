@@ -1,0 +1,1 @@
+"""HTTP blueprints: thin views that parse, call a service, render."""

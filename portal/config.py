@@ -1,0 +1,74 @@
+"""Every setting comes from the environment (and `.env`), with defaults for local use."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _bool(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(value: str | None, default: int) -> int:
+    return default if value in (None, "") else int(value)
+
+
+def load_config(env: dict[str, str] | None = None, instance_path: str | None = None) -> dict[str, Any]:
+    """Build the settings dict from an environment mapping (os.environ by default)."""
+    env = dict(os.environ if env is None else env)
+    instance = Path(instance_path or env.get("PORTAL_INSTANCE_PATH") or Path.cwd() / "instance")
+    database_url = env.get("DATABASE_URL") or f"sqlite:///{instance / 'portal.db'}"
+    # Heroku-style URLs name the old driver; psycopg 3 is the one we ship.
+    if database_url.startswith("postgres://"):
+        database_url = "postgresql://" + database_url[len("postgres://"):]
+    if database_url.startswith("postgresql://"):
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://"):]
+    redis_url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    return {
+        "ENV_NAME": env.get("PORTAL_ENV", "development"),
+        "SECRET_KEY": env.get("SECRET_KEY", "dev-only-secret-change-me"),
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "REDIS_URL": redis_url,
+        "RQ_QUEUES": ["default", "billing", "emails", "retries"],
+        # Sessions and CSRF
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": _bool(env.get("SESSION_COOKIE_SECURE"), False),
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "WTF_CSRF_TIME_LIMIT": _int(env.get("WTF_CSRF_TIME_LIMIT"), 3600 * 8),
+        # Rate limits (login attempts); Redis in production, memory for a single process
+        "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI", "memory://"),
+        "RATELIMIT_ENABLED": _bool(env.get("RATELIMIT_ENABLED"), True),
+        "LOGIN_RATE_LIMIT": env.get("LOGIN_RATE_LIMIT", "10 per minute;50 per hour"),
+        # Billing
+        "DEFAULT_CURRENCY": env.get("DEFAULT_CURRENCY", "USD"),
+        "DEFAULT_LOCALE": env.get("DEFAULT_LOCALE", "en_US"),
+        "GRACE_PERIOD_DAYS": _int(env.get("GRACE_PERIOD_DAYS"), 3),
+        "RENEWAL_REMINDER_DAYS": _int(env.get("RENEWAL_REMINDER_DAYS"), 7),
+        "WALLET_MAX_TOPUP": _int(env.get("WALLET_MAX_TOPUP"), 1_000_000),  # minor units
+        "WALLET_MIN_TOPUP": _int(env.get("WALLET_MIN_TOPUP"), 500),
+        "BILLING_TZ": env.get("TZ", "UTC"),
+        # Stripe (localstripe in make run / tests: STRIPE_API_BASE=http://127.0.0.1:8420)
+        "STRIPE_SECRET_KEY": env.get("STRIPE_SECRET_KEY", "sk_test_local"),
+        "STRIPE_PUBLISHABLE_KEY": env.get("STRIPE_PUBLISHABLE_KEY", "pk_test_local"),
+        "STRIPE_API_BASE": env.get("STRIPE_API_BASE", ""),
+        "STRIPE_JS_URL": env.get("STRIPE_JS_URL", "https://js.stripe.com/v3/"),
+        "STRIPE_WEBHOOK_SECRET": env.get("STRIPE_WEBHOOK_SECRET", "whsec_local"),
+        # Mail
+        "MAIL_SERVER": env.get("MAIL_SERVER", "127.0.0.1"),
+        "MAIL_PORT": _int(env.get("MAIL_PORT"), 8025),
+        "MAIL_USE_TLS": _bool(env.get("MAIL_USE_TLS"), False),
+        "MAIL_USE_SSL": _bool(env.get("MAIL_USE_SSL"), False),
+        "MAIL_USERNAME": env.get("MAIL_USERNAME") or None,
+        "MAIL_PASSWORD": env.get("MAIL_PASSWORD") or None,
+        "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER", "Subscription Portal <billing@portal.test>"),
+        "STAFF_ALERT_EMAIL": env.get("STAFF_ALERT_EMAIL", "ops@portal.test"),
+        # Password hashing cost (tests lower it; production keeps argon2's defaults)
+        "ARGON2_TIME_COST": _int(env.get("ARGON2_TIME_COST"), 3),
+        "ARGON2_MEMORY_COST": _int(env.get("ARGON2_MEMORY_COST"), 65536),
+        "INSTANCE_PATH": str(instance),
+    }

@@ -1,0 +1,93 @@
+"""Invoices and their lines. Lines are copied values: editing a plan never rewrites them."""
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.clock import now
+from portal.extensions import db
+from portal.models.types import ExactDecimal, IdType, MinorUnits, UTCDateTime, enum_column
+
+
+class InvoiceStatus(str, enum.Enum):
+    DRAFT = "draft"
+    OPEN = "open"
+    PAID = "paid"
+    VOID = "void"
+    UNCOLLECTIBLE = "uncollectible"
+
+
+class LineKind(str, enum.Enum):
+    PLAN = "plan"
+    USAGE = "usage"
+    OVERAGE = "overage"
+    PRORATION = "proration"
+    CREDIT = "credit"
+    PACKAGE = "package"
+
+
+class Invoice(db.Model):
+    __tablename__ = "invoices"
+    __table_args__ = (
+        sa.CheckConstraint("amount_paid >= 0", name="amount_paid_not_negative"),
+        sa.Index("ix_invoices_user_created", "user_id", "created_at"),
+        sa.Index("ix_invoices_status_due", "status", "due_at"),
+        sa.Index("ix_invoices_subscription", "subscription_id"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    #: Human-facing number, unique and gap-free per portal ("INV-000123").
+    number: Mapped[str] = mapped_column(sa.String(32), unique=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="RESTRICT"))
+    subscription_id: Mapped[int | None] = mapped_column(sa.ForeignKey("subscriptions.id", ondelete="SET NULL"))
+    status: Mapped[InvoiceStatus] = mapped_column(enum_column(InvoiceStatus, "invoice_status"))
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    #: Sum of the lines, in minor units (credits are negative lines).
+    total: Mapped[int] = mapped_column(MinorUnits, default=0)
+    amount_paid: Mapped[int] = mapped_column(MinorUnits, default=0)
+    period_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    period_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: e.g. "renewal:{subscription}:{period_start}" so a renewal invoices once.
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
+
+    lines: Mapped[list[InvoiceLine]] = relationship(
+        back_populates="invoice", cascade="all, delete-orphan", order_by="InvoiceLine.position"
+    )
+
+    @property
+    def amount_due(self) -> int:
+        return max(self.total - self.amount_paid, 0)
+
+
+class InvoiceLine(db.Model):
+    __tablename__ = "invoice_lines"
+    __table_args__ = (
+        sa.UniqueConstraint("invoice_id", "position"),
+        sa.CheckConstraint("quantity >= 0", name="quantity_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(sa.ForeignKey("invoices.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(sa.Integer)
+    kind: Mapped[LineKind] = mapped_column(enum_column(LineKind, "invoice_line_kind"))
+    description: Mapped[str] = mapped_column(sa.String(255))
+    quantity: Mapped[int] = mapped_column(sa.BigInteger, default=1)
+    #: Exact unit price in major units, for display; the amount is what counts.
+    unit_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
+    #: Rounded once, half-up, to minor units (DESIGN §3.1). Negative for credits.
+    amount: Mapped[int] = mapped_column(MinorUnits)
+    feature_id: Mapped[int | None] = mapped_column(sa.ForeignKey("features.id", ondelete="SET NULL"))
+    #: The pricing model's per-tier breakdown, as shown on the invoice.
+    breakdown: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
+    period_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    period_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    invoice: Mapped[Invoice] = relationship(back_populates="lines")

@@ -1,0 +1,131 @@
+"""Subscription status changes, always through the transition table and always with an event row."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from portal.billing.lifecycle import IllegalTransition, SubscriptionError, SubscriptionStatus, Transition, next_status
+from portal.billing.periods import add_intervals
+from portal.clock import now
+from portal.extensions import db
+from portal.models import Plan, Subscription, SubscriptionEvent, User
+
+
+class ConcurrentChange(SubscriptionError):
+    """The subscription changed under us (another request or job moved it first)."""
+
+
+class NoDefaultPlan(SubscriptionError):
+    """No plan is marked as the default (Free) plan."""
+
+
+def default_plan() -> Plan:
+    """The plan every customer starts on and falls back to."""
+    plan = db.session.scalar(sa.select(Plan).where(Plan.is_default.is_(True), Plan.is_archived.is_(False)))
+    if plan is None:
+        raise NoDefaultPlan("no default plan: mark one plan as the default (Free) plan")
+    return plan
+
+
+def live_subscription(user_id: int) -> Subscription | None:
+    """The customer's trialing, active or past-due subscription, if any."""
+    from portal.billing.lifecycle import LIVE_STATUSES
+
+    return db.session.scalar(
+        sa.select(Subscription).where(Subscription.user_id == user_id, Subscription.status.in_(LIVE_STATUSES))
+    )
+
+
+def transition(
+    subscription: Subscription,
+    event: Transition,
+    *,
+    reason: str,
+    actor_id: int | None = None,
+    data: dict[str, Any] | None = None,
+    **changes: Any,
+) -> SubscriptionEvent:
+    """Move `subscription` by `event`, applying `changes` in the same guarded update; write the event row.
+
+    Raises IllegalTransition (nothing written) when the table forbids the move, and
+    ConcurrentChange when another transaction changed the status first.
+    """
+    old = subscription.status
+    new = next_status(old, event)
+    values = {"status": new, "updated_at": now(), **changes}
+    result = db.session.execute(
+        sa.update(Subscription)
+        .where(Subscription.id == subscription.id, Subscription.status == old)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise ConcurrentChange(f"subscription {subscription.id} is no longer {old.value}")
+    # Keep the in-memory object in step with the row we just wrote.
+    for key, value in values.items():
+        setattr(subscription, key, value)
+    db.session.flush()
+    record = SubscriptionEvent(
+        subscription_id=subscription.id,
+        transition=event.value,
+        from_status=old,
+        to_status=new,
+        reason=reason,
+        actor_id=actor_id,
+        data=data or {},
+        at=now(),
+    )
+    db.session.add(record)
+    db.session.flush()
+    return record
+
+
+def start_subscription(user: User, plan: Plan, *, reason: str, actor_id: int | None = None) -> Subscription:
+    """Create the customer's live subscription on `plan`, starting now (trial first if the plan has one)."""
+    if live_subscription(user.id) is not None:
+        raise SubscriptionError(f"{user.email} already has a live subscription")
+    started = now()
+    event = Transition.START_TRIAL if plan.trial_days else Transition.ACTIVATE
+    status = next_status(None, event)
+    if status is SubscriptionStatus.TRIALING:
+        period_end = started + timedelta(days=plan.trial_days)
+    else:
+        period_end = add_intervals(started, plan.interval_unit, plan.interval_count, 1)
+    subscription = Subscription(
+        user_id=user.id,
+        plan=plan,
+        status=status,
+        billing_anchor=started,
+        current_period_start=started,
+        current_period_end=period_end,
+        trial_end=period_end if status is SubscriptionStatus.TRIALING else None,
+    )
+    db.session.add(subscription)
+    db.session.flush()
+    db.session.add(
+        SubscriptionEvent(
+            subscription_id=subscription.id,
+            transition=event.value,
+            from_status=None,
+            to_status=status,
+            reason=reason,
+            actor_id=actor_id,
+            data={"plan": plan.code},
+            at=started,
+        )
+    )
+    db.session.flush()
+    return subscription
+
+
+__all__ = [
+    "ConcurrentChange",
+    "IllegalTransition",
+    "NoDefaultPlan",
+    "default_plan",
+    "live_subscription",
+    "start_subscription",
+    "transition",
+]

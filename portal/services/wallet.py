@@ -1,0 +1,162 @@
+"""Wallet movements: every change of balance is a new ledger entry, written by a guarded update.
+
+The balance changes only in the same transaction as its entry, and a debit only where the
+balance covers it (`UPDATE ... WHERE balance >= :amount`), so concurrent debits never
+overdraw and sum(entries) == balance always (DESIGN §3.2). Each movement carries a natural
+idempotency key backed by a unique constraint: the same movement twice is one entry.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from portal.clock import now
+from portal.extensions import db
+from portal.models import EntryKind, Wallet, WalletEntry
+
+_CREDIT_KINDS = {EntryKind.TOPUP, EntryKind.REFUND, EntryKind.CREDIT, EntryKind.ADJUSTMENT}
+_DEBIT_KINDS = {EntryKind.PAYMENT, EntryKind.REFUND, EntryKind.ADJUSTMENT}
+
+
+class WalletError(Exception):
+    """Base class for wallet errors; the message is fit to show the customer."""
+
+
+class InsufficientFunds(WalletError):
+    def __init__(self, balance: int, amount: int) -> None:
+        self.balance, self.amount = balance, amount
+        super().__init__("the wallet balance does not cover this payment")
+
+
+class IdempotencyConflict(WalletError):
+    """The key was already used for a different movement."""
+
+
+def get_wallet(user_id: int, currency: str = "USD") -> Wallet:
+    """The customer's wallet, created empty on first use."""
+    wallet = db.session.scalar(sa.select(Wallet).where(Wallet.user_id == user_id))
+    if wallet is not None:
+        return wallet
+    try:
+        with db.session.begin_nested():
+            wallet = Wallet(user_id=user_id, currency=currency, balance=0)
+            db.session.add(wallet)
+    except IntegrityError:  # created by a concurrent request a moment ago
+        wallet = db.session.scalar(sa.select(Wallet).where(Wallet.user_id == user_id))
+    return wallet
+
+
+def credit(
+    user_id: int,
+    amount: int,
+    *,
+    reason: str,
+    idempotency_key: str,
+    kind: EntryKind = EntryKind.CREDIT,
+    actor_id: int | None = None,
+    reference: str | None = None,
+) -> WalletEntry:
+    """Add `amount` minor units to the wallet (a top-up, refund, credit or positive adjustment)."""
+    _check_amount(amount)
+    if kind not in _CREDIT_KINDS:
+        raise WalletError(f"a {kind.value} cannot add money to a wallet")
+    return _move(user_id, amount, kind, reason, idempotency_key, actor_id, reference)
+
+
+def debit(
+    user_id: int,
+    amount: int,
+    *,
+    reason: str,
+    idempotency_key: str,
+    kind: EntryKind = EntryKind.PAYMENT,
+    actor_id: int | None = None,
+    reference: str | None = None,
+) -> WalletEntry:
+    """Take `amount` minor units from the wallet, or raise InsufficientFunds and change nothing."""
+    _check_amount(amount)
+    if kind not in _DEBIT_KINDS:
+        raise WalletError(f"a {kind.value} cannot take money from a wallet")
+    return _move(user_id, -amount, kind, reason, idempotency_key, actor_id, reference)
+
+
+def refund_to_wallet(user_id: int, amount: int, *, reason: str, idempotency_key: str, **kw) -> WalletEntry:
+    """Give money back into the wallet (e.g. an unused-time credit or a reversed payment)."""
+    return credit(user_id, amount, reason=reason, idempotency_key=idempotency_key, kind=EntryKind.REFUND, **kw)
+
+
+def _check_amount(amount: int) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise TypeError("wallet amounts are integers in minor units")
+    if amount <= 0:
+        raise WalletError("the amount must be greater than zero")
+
+
+def _move(
+    user_id: int,
+    signed: int,
+    kind: EntryKind,
+    reason: str,
+    key: str,
+    actor_id: int | None,
+    reference: str | None,
+) -> WalletEntry:
+    existing = _existing(key)
+    if existing is not None:
+        return _replay(existing, user_id, signed, kind)
+    wallet = get_wallet(user_id)
+    table = Wallet.__table__
+    guard = table.c.id == wallet.id
+    if signed < 0:
+        guard = sa.and_(guard, table.c.balance >= -signed)
+    try:
+        with db.session.begin_nested():
+            balance = db.session.execute(
+                sa.update(table)
+                .where(guard)
+                .values(balance=table.c.balance + signed, updated_at=now())
+                .returning(table.c.balance)
+            ).scalar_one_or_none()
+            if balance is None:
+                current = db.session.execute(sa.select(table.c.balance).where(table.c.id == wallet.id)).scalar_one()
+                raise InsufficientFunds(current, -signed)
+            entry = WalletEntry(
+                wallet_id=wallet.id,
+                kind=kind,
+                amount=signed,
+                currency=wallet.currency,
+                balance_after=balance,
+                reason=reason,
+                actor_id=actor_id,
+                reference=reference,
+                idempotency_key=key,
+                created_at=now(),
+            )
+            db.session.add(entry)
+            db.session.flush()
+    except IntegrityError:
+        # A concurrent transaction recorded the same key first; the savepoint undid our update.
+        existing = _existing(key)
+        if existing is None:
+            raise
+        return _replay(existing, user_id, signed, kind)
+    db.session.expire(wallet, ["balance", "updated_at"])
+    return entry
+
+
+def _existing(key: str) -> WalletEntry | None:
+    return db.session.scalar(sa.select(WalletEntry).where(WalletEntry.idempotency_key == key))
+
+
+def _replay(entry: WalletEntry, user_id: int, signed: int, kind: EntryKind) -> WalletEntry:
+    wallet_user = db.session.scalar(sa.select(Wallet.user_id).where(Wallet.id == entry.wallet_id))
+    if wallet_user != user_id or entry.amount != signed or entry.kind is not kind:
+        raise IdempotencyConflict(f"idempotency key {entry.idempotency_key!r} was used for another movement")
+    return entry
+
+
+def ledger_sum(wallet_id: int) -> int:
+    """Sum of a wallet's entries (equals its balance; used by checks and tests)."""
+    return db.session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(WalletEntry.amount), 0)).where(WalletEntry.wallet_id == wallet_id)
+    )

@@ -1,0 +1,38 @@
+"""Jinja filters and globals shared by every template."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import Flask, current_app
+from flask_login import current_user
+
+from portal.billing.money import format_money
+
+
+def money(minor: int | None, currency: str = "USD") -> str:
+    """Format minor units for display ("$1,234.56")."""
+    if minor is None:
+        return "—"
+    return format_money(minor, currency, current_app.config["DEFAULT_LOCALE"])
+
+
+def when(value: datetime | None, fmt: str = "%d %b %Y, %H:%M UTC") -> str:
+    return "—" if value is None else value.strftime(fmt)
+
+
+def day(value: datetime | None) -> str:
+    return when(value, "%d %b %Y")
+
+
+def register(app: Flask) -> None:
+    app.jinja_env.filters.update(money=money, when=when, day=day)
+
+    @app.context_processor
+    def navigation():
+        items = []
+        if current_user.is_authenticated:
+            if current_user.is_staff:
+                items = [("staff.index", "Overview")]
+            else:
+                items = [("customer.home", "Home")]
+        return {"nav_items": items}

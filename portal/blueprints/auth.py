@@ -16,18 +16,23 @@ from portal.services.audit import audit
 
 bp = Blueprint("auth", __name__)
 
+def _strip(value: str | None) -> str | None:
+    return value.strip() if isinstance(value, str) else value
+
+
 PASSWORD_RULES = [DataRequired(), Length(min=10, max=128, message="Use between 10 and 128 characters.")]
 
 
 class RegisterForm(FlaskForm):
-    name = StringField("Name", validators=[Length(max=120)])
-    email = EmailField("Email", validators=[DataRequired(), Email(check_deliverability=False), Length(max=254)])
+    name = StringField("Name", filters=[_strip], validators=[Length(max=120)])
+    email = EmailField("Email", filters=[_strip],
+                       validators=[DataRequired(), Email(check_deliverability=False), Length(max=254)])
     password = PasswordField("Password", validators=PASSWORD_RULES)
     confirm = PasswordField("Repeat password", validators=[DataRequired(), EqualTo("password", "The passwords differ.")])
 
 
 class LoginForm(FlaskForm):
-    email = EmailField("Email", validators=[DataRequired(), Email(check_deliverability=False)])
+    email = EmailField("Email", filters=[_strip], validators=[DataRequired(), Email(check_deliverability=False)])
     password = PasswordField("Password", validators=[DataRequired()])
 
 

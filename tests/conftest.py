@@ -80,6 +80,28 @@ def _pg_url(admin_uri: str, name: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
+@pytest.fixture(scope="session")
+def stripe_server():
+    """localstripe for the session (a real Stripe emulator over HTTP, driven through stripe-python)."""
+    from portal.embedded import EmbeddedStripe
+
+    server = EmbeddedStripe().start()
+    yield server
+    server.stop()
+
+
+def add_card(user, number: str = "4242424242424242"):
+    """Save a test card for `user` the way the payment-methods page does after Stripe.js."""
+    from portal.payments import gateway
+    from portal.services import payment_methods
+
+    pm = gateway.client().v1.payment_methods.create(
+        params={"type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2031, "cvc": "123"}})
+    method = payment_methods.save(user, pm.id)
+    db.session.commit()
+    return method
+
+
 @pytest.fixture
 def db_backend(request) -> str:
     return getattr(request, "param", "sqlite")
@@ -135,9 +157,11 @@ class PortalClient(FlaskClient):
 
 
 @pytest.fixture
-def app(database_url, clock, tmp_path, app_config):
+def app(request, database_url, clock, tmp_path, app_config):
     config = base_config(database_url, tmp_path)
     config["CLOCK"] = clock
+    if "stripe_server" in request.fixturenames:
+        config["STRIPE_API_BASE"] = request.getfixturevalue("stripe_server").url
     config.update(app_config)
     app = create_app(config)
     app.test_client_class = PortalClient

@@ -1,7 +1,7 @@
 """All models, imported here so Alembic and the app see every table."""
 from portal.models.audit import AuditLog, EmailLog, EmailStatus, IdempotencyRecord, OutboxMessage
 from portal.models.errors import ErrorStatus, OperationError, RetryAttempt, RetryStrategy
-from portal.models.invoices import Invoice, InvoiceLine, InvoiceStatus, LineKind
+from portal.models.invoices import Invoice, InvoiceLine, InvoiceStatus, LineKind, NumberSequence
 from portal.models.payments import (
     Payment,
     PaymentMethod,
@@ -19,7 +19,7 @@ from portal.models.wallet import EntryKind, Wallet, WalletEntry
 
 __all__ = [
     "ApiKey", "AuditLog", "EmailLog", "EmailStatus", "EntryKind", "ErrorStatus", "Feature",
-    "IdempotencyRecord", "Invoice", "InvoiceLine", "InvoiceStatus", "LineKind", "OperationError",
+    "IdempotencyRecord", "Invoice", "InvoiceLine", "InvoiceStatus", "LineKind", "NumberSequence", "OperationError",
     "OutboxMessage", "Payment", "PaymentMethod", "PaymentPurpose", "PaymentStatus", "Plan",
     "PlanFeature", "PricingTier", "Refund", "RefundStatus", "RetryAttempt", "RetryStrategy", "Role",
     "Subscription", "SubscriptionEvent", "UsageCounter", "UsageDaily", "UsageEvent", "User",

@@ -46,6 +46,8 @@ class Invoice(db.Model):
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="RESTRICT"))
     subscription_id: Mapped[int | None] = mapped_column(sa.ForeignKey("subscriptions.id", ondelete="SET NULL"))
     status: Mapped[InvoiceStatus] = mapped_column(enum_column(InvoiceStatus, "invoice_status"))
+    #: Why it was issued: renewal, upgrade, package, manual.
+    reason: Mapped[str] = mapped_column(sa.String(32), default="manual")
     currency: Mapped[str] = mapped_column(sa.String(3))
     #: Sum of the lines, in minor units (credits are negative lines).
     total: Mapped[int] = mapped_column(MinorUnits, default=0)
@@ -91,3 +93,12 @@ class InvoiceLine(db.Model):
     period_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     invoice: Mapped[Invoice] = relationship(back_populates="lines")
+
+
+class NumberSequence(db.Model):
+    """Counters for human-facing numbers; incremented in the transaction that uses the number."""
+
+    __tablename__ = "number_sequences"
+
+    name: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(sa.BigInteger, default=0)

@@ -51,6 +51,11 @@ class Payment(db.Model):
     failure_code: Mapped[str | None] = mapped_column(sa.String(64))
     failure_message: Mapped[str | None] = mapped_column(sa.Text)
     amount_refunded: Mapped[int] = mapped_column(MinorUnits, default=0)
+    #: Our saved card it was charged to, if any.
+    payment_method_id: Mapped[int | None] = mapped_column(sa.ForeignKey("payment_methods.id", ondelete="SET NULL"))
+    description: Mapped[str] = mapped_column(sa.String(255), default="")
+    #: What settling this payment must do (e.g. the plan change it pays for); applied once.
+    data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now, onupdate=now)
 

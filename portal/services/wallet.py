@@ -157,6 +157,6 @@ def _replay(entry: WalletEntry, user_id: int, signed: int, kind: EntryKind) -> W
 
 def ledger_sum(wallet_id: int) -> int:
     """Sum of a wallet's entries (equals its balance; used by checks and tests)."""
-    return db.session.scalar(
+    return int(db.session.scalar(
         sa.select(sa.func.coalesce(sa.func.sum(WalletEntry.amount), 0)).where(WalletEntry.wallet_id == wallet_id)
-    )
+    ))

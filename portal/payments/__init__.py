@@ -1,0 +1,1 @@
+"""The payment provider boundary: Stripe through stripe-python, and its errors classified."""

@@ -1,0 +1,130 @@
+"""Invoices: numbered, built from copied line values, paid in full or not at all."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from portal.clock import now
+from portal.extensions import db
+from portal.models import Invoice, InvoiceLine, InvoiceStatus, LineKind, NumberSequence
+
+
+@dataclass
+class LineDraft:
+    """An invoice line before it is written (pure data, built by the billing core or a service)."""
+
+    kind: LineKind
+    description: str
+    amount: int
+    quantity: int = 1
+    unit_price: Decimal | None = None
+    feature_id: int | None = None
+    breakdown: list[dict[str, Any]] = field(default_factory=list)
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+
+
+def next_number(prefix: str = "INV") -> str:
+    """The next invoice number; the counter moves in the caller's transaction, so numbers have no gaps."""
+    table = NumberSequence.__table__
+    value = db.session.execute(
+        sa.update(table).where(table.c.name == prefix).values(value=table.c.value + 1).returning(table.c.value)
+    ).scalar_one_or_none()
+    if value is None:
+        try:
+            with db.session.begin_nested():
+                db.session.execute(sa.insert(table).values(name=prefix, value=1))
+            value = 1
+        except IntegrityError:  # another transaction created the counter first
+            value = db.session.execute(
+                sa.update(table).where(table.c.name == prefix).values(value=table.c.value + 1)
+                .returning(table.c.value)
+            ).scalar_one()
+    return f"{prefix}-{value:06d}"
+
+
+def create_invoice(
+    user_id: int,
+    currency: str,
+    lines: list[LineDraft],
+    *,
+    reason: str,
+    subscription_id: int | None = None,
+    period_start: datetime | None = None,
+    period_end: datetime | None = None,
+    idempotency_key: str | None = None,
+) -> Invoice:
+    """Write an open invoice with its lines; the same idempotency key returns the first invoice."""
+    if idempotency_key is not None:
+        existing = db.session.scalar(sa.select(Invoice).where(Invoice.idempotency_key == idempotency_key))
+        if existing is not None:
+            return existing
+    invoice = Invoice(
+        number=next_number(),
+        user_id=user_id,
+        subscription_id=subscription_id,
+        status=InvoiceStatus.OPEN,
+        reason=reason,
+        currency=currency,
+        total=sum(line.amount for line in lines),
+        amount_paid=0,
+        period_start=period_start,
+        period_end=period_end,
+        due_at=now(),
+        idempotency_key=idempotency_key,
+        created_at=now(),
+    )
+    for position, draft in enumerate(lines, start=1):
+        invoice.lines.append(InvoiceLine(
+            position=position, kind=draft.kind, description=draft.description, quantity=draft.quantity,
+            unit_price=draft.unit_price, amount=draft.amount, feature_id=draft.feature_id,
+            breakdown=draft.breakdown, period_start=draft.period_start, period_end=draft.period_end,
+        ))
+    db.session.add(invoice)
+    db.session.flush()
+    return invoice
+
+
+def record_payment(invoice: Invoice, amount: int) -> bool:
+    """Add a payment to the invoice by a guarded update; returns True when it is now paid in full."""
+    table = Invoice.__table__
+    row = db.session.execute(
+        sa.update(table)
+        .where(table.c.id == invoice.id, table.c.status == InvoiceStatus.OPEN.value,
+               table.c.amount_paid + amount <= table.c.total)
+        .values(amount_paid=table.c.amount_paid + amount)
+        .returning(table.c.amount_paid, table.c.total)
+    ).first()
+    if row is None:
+        raise ValueError(f"invoice {invoice.number} cannot take a payment of {amount}")
+    paid = row.amount_paid >= row.total
+    if paid:
+        db.session.execute(sa.update(table).where(table.c.id == invoice.id)
+                           .values(status=InvoiceStatus.PAID.value, paid_at=now()))
+    db.session.refresh(invoice)
+    return paid
+
+
+def mark_paid_if_nothing_due(invoice: Invoice) -> bool:
+    """Invoices whose total is zero or less (credits cover them) are paid on issue."""
+    if invoice.status is InvoiceStatus.OPEN and invoice.total <= 0:
+        invoice.status, invoice.paid_at = InvoiceStatus.PAID, now()
+        db.session.flush()
+        return True
+    return invoice.status is InvoiceStatus.PAID
+
+
+def void(invoice: Invoice, reason: str) -> None:
+    """Void an unpaid invoice (a failed upgrade payment, a cancelled purchase)."""
+    table = Invoice.__table__
+    result = db.session.execute(
+        sa.update(table).where(table.c.id == invoice.id, table.c.status == InvoiceStatus.OPEN.value)
+        .values(status=InvoiceStatus.VOID.value)
+    )
+    if result.rowcount:
+        db.session.refresh(invoice)

@@ -1,0 +1,67 @@
+"""Saved cards: kept at Stripe, mirrored here with only what the pages show."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from portal.clock import now
+from portal.extensions import db
+from portal.models import PaymentMethod, User
+from portal.payments import gateway
+from portal.services.payments import ensure_customer
+
+
+def list_methods(user_id: int) -> list[PaymentMethod]:
+    return list(db.session.scalars(
+        sa.select(PaymentMethod).where(PaymentMethod.user_id == user_id)
+        .order_by(PaymentMethod.is_default.desc(), PaymentMethod.id)
+    ))
+
+
+def start_setup(user: User) -> tuple[str, str]:
+    """A SetupIntent for Stripe.js to collect a card: (id, client_secret)."""
+    return gateway.create_setup_intent(ensure_customer(user))
+
+
+def save(user: User, stripe_payment_method_id: str) -> PaymentMethod:
+    """Attach the card to the user's Stripe customer and keep its display details; idempotent."""
+    existing = db.session.scalar(
+        sa.select(PaymentMethod).where(PaymentMethod.stripe_payment_method_id == stripe_payment_method_id)
+    )
+    if existing is not None:
+        if existing.user_id != user.id:
+            raise LookupError("no such payment method")
+        return existing
+    card = gateway.attach_payment_method(stripe_payment_method_id, ensure_customer(user))
+    first = not list_methods(user.id)
+    method = PaymentMethod(
+        user_id=user.id, stripe_payment_method_id=card.stripe_id, brand=card.brand, last4=card.last4,
+        exp_month=card.exp_month, exp_year=card.exp_year, is_default=first, created_at=now(),
+    )
+    db.session.add(method)
+    db.session.flush()
+    return method
+
+
+def set_default(method: PaymentMethod) -> None:
+    db.session.execute(sa.update(PaymentMethod).where(PaymentMethod.user_id == method.user_id)
+                       .values(is_default=PaymentMethod.id == method.id))
+    db.session.refresh(method)
+
+
+def remove(method: PaymentMethod) -> None:
+    """Detach the card at Stripe and forget it; the next card becomes the default."""
+    gateway.detach_payment_method(method.stripe_payment_method_id)
+    was_default, user_id = method.is_default, method.user_id
+    db.session.delete(method)
+    db.session.flush()
+    if was_default:
+        remaining = list_methods(user_id)
+        if remaining:
+            set_default(remaining[0])
+
+
+def owned(user_id: int, method_id: int) -> PaymentMethod | None:
+    """The user's own payment method by our id, or None (another customer's id looks missing)."""
+    return db.session.scalar(
+        sa.select(PaymentMethod).where(PaymentMethod.id == method_id, PaymentMethod.user_id == user_id)
+    )

@@ -9,6 +9,20 @@ from flask_login import current_user
 from portal.billing.money import format_money
 
 
+#: The navigation, in order; an entry shows once its page exists.
+CUSTOMER_NAV = [
+    ("customer.home", "Home"),
+    ("customer.plans", "Plans"),
+    ("customer.subscription", "Subscription"),
+    ("customer.usage", "Usage"),
+    ("customer.wallet", "Wallet"),
+    ("customer.invoices", "Invoices"),
+    ("customer.payment_methods", "Payment methods"),
+    ("customer.api_keys", "API keys"),
+]
+STAFF_NAV = [("staff.index", "Overview")]
+
+
 def money(minor: int | None, currency: str = "USD") -> str:
     """Format minor units for display ("$1,234.56")."""
     if minor is None:
@@ -29,10 +43,8 @@ def register(app: Flask) -> None:
 
     @app.context_processor
     def navigation():
-        items = []
+        items: list[tuple[str, str]] = []
         if current_user.is_authenticated:
-            if current_user.is_staff:
-                items = [("staff.index", "Overview")]
-            else:
-                items = [("customer.home", "Home")]
+            wanted = STAFF_NAV if current_user.is_staff else CUSTOMER_NAV
+            items = [(endpoint, label) for endpoint, label in wanted if endpoint in app.view_functions]
         return {"nav_items": items}

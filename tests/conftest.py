@@ -224,3 +224,38 @@ class AuthActions:
 @pytest.fixture
 def auth(client) -> AuthActions:
     return AuthActions(client)
+
+
+@pytest.fixture
+def alice(catalog):
+    """The demo customer (demo@portal.test), on the Free plan."""
+    from portal.models import User
+    import sqlalchemy as sa
+
+    return db.session.scalar(sa.select(User).where(User.email == "demo@portal.test"))
+
+
+@pytest.fixture
+def alice_client(app, alice) -> FlaskClient:
+    """A client logged in as the demo customer."""
+    client = app.test_client()
+    response = AuthActions(client).login("demo@portal.test", "demo-password-1")
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return client
+
+
+@pytest.fixture
+def bob(catalog):
+    """A second customer, to check that nobody sees another customer's things."""
+    from portal.services.auth import register
+
+    user = register("bob@example.com", "bob's long password", "Bob")
+    db.session.commit()
+    return user
+
+
+@pytest.fixture
+def staff_client(app, catalog) -> FlaskClient:
+    client = app.test_client()
+    assert AuthActions(client).login("staff@portal.test", "staff-password-1").status_code == 302
+    return client

@@ -1,4 +1,4 @@
-"""The customer's pages."""
+"""The customer's pages: one module per page, all on this blueprint."""
 from flask import Blueprint
 
 bp = Blueprint("customer", __name__)

@@ -60,6 +60,12 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(customer_bp)
     app.register_blueprint(staff_bp, url_prefix="/staff")
+    import importlib.util
+
+    if importlib.util.find_spec("portal.blueprints.webhooks"):  # being written: registered once it exists
+        from portal.blueprints import webhooks
+
+        app.register_blueprint(webhooks.bp)
 
 
 def register_errorhandlers(app: Flask) -> None:

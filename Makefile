@@ -1,0 +1,48 @@
+# make run  — install what is missing, then start the portal with its stand-ins (Ctrl-C stops all)
+# make test — install what is missing, then run the whole test suite
+#
+# Installs are keyed on stamp files: nothing is reinstalled until pyproject.toml or
+# package.json changes (or the venv / vendor files are deleted).
+
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+VENDOR_FILES := portal/static/vendor/htmx.min.js portal/static/vendor/chart.umd.js portal/static/vendor/pico.min.css
+
+# Nothing downloads a browser: tests drive the system's chromium.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run test clean
+
+install: .stamp-python $(VENDOR_FILES)
+
+$(VPY):
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required (set PY=python3.11)"; exit 1; }
+	$(PY) -m venv $(VENV)
+
+.stamp-python: pyproject.toml | $(VPY)
+	$(VPY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+.stamp-npm: package.json
+	npm install --no-audit --no-fund
+	@touch $@
+
+$(VENDOR_FILES) &: .stamp-npm scripts/vendor.mjs
+	@[ -d node_modules/htmx.org ] || npm install --no-audit --no-fund
+	node scripts/vendor.mjs
+	@touch $(VENDOR_FILES)
+
+run: install
+	$(VPY) -m portal.launcher run
+
+# pytest exits 5 when it collected no tests: that is a failure, never a pass.
+test: install
+	@$(VPY) -m pytest -p no:cacheprovider $(PYTEST_ARGS); code=$$?; \
+	if [ $$code -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
+	exit $$code
+
+clean:
+	rm -rf .stamp-python .stamp-npm node_modules portal/static/vendor

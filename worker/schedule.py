@@ -1,0 +1,22 @@
+"""The periodic jobs, declared once, in RQ's `rq cron` config format.
+
+Run by the single scheduler process of `python -m worker` (or `rq cron worker.schedule`).
+Cron fields are read in the scheduler's local time; the worker command sets TZ=UTC, so
+these are UTC.
+"""
+from __future__ import annotations
+
+from rq import cron
+
+from worker import maintenance
+
+#: Each entry is keyword arguments for `rq.cron.register`; the queue is the job's own.
+PERIODIC_JOBS: list[dict] = [
+    # Push outbox messages an after-commit dispatch missed (Redis was down, a process died).
+    {"func": maintenance.sweep_outbox, "cron": "* * * * *", "job_timeout": 120, "result_ttl": 300},
+    # Idempotency records past expiry, RATE counters of long-closed windows.
+    {"func": maintenance.purge_expired, "cron": "17 * * * *", "job_timeout": 1800},
+]
+
+for _spec in PERIODIC_JOBS:
+    cron.register(queue_name=_spec["func"].queue, **_spec)

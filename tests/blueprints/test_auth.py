@@ -142,3 +142,11 @@ def test_open_redirects_are_ignored(client, auth, free_plan):
     response = client.post("/login?next=https://evil.example/", data={
         "csrf_token": token, "email": "alice@example.com", "password": "correct horse battery"})
     assert response.headers["Location"] == "/home"
+
+
+def test_the_demo_logins_printed_by_seed_demo_work(app, catalog):
+    """The seeded accounts use the reserved .test domain; logging in with them must work."""
+    for email, password, home in [("demo@portal.test", "demo-password-1", "/home"),
+                                  ("staff@portal.test", "staff-password-1", "/staff/")]:
+        response = AuthActions(app.test_client()).login(email, password)
+        assert response.status_code == 302 and response.headers["Location"] == home

@@ -27,9 +27,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def register_clock(app: Flask) -> None:
-    from portal.billing.clock import SystemClock
+    from datetime import datetime
 
-    app.extensions["clock"] = app.config.get("CLOCK") or SystemClock()
+    from portal.billing.clock import FrozenClock, SystemClock
+
+    clock = app.config.get("CLOCK")
+    if clock is None and app.config.get("CLOCK_FROZEN_AT"):
+        clock = FrozenClock(datetime.fromisoformat(app.config["CLOCK_FROZEN_AT"]))
+    app.extensions["clock"] = clock or SystemClock()
 
 
 def register_extensions(app: Flask) -> None:
@@ -53,11 +58,13 @@ def register_extensions(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from portal.blueprints import auth, health
+    from portal.blueprints.api import bp as api_bp
     from portal.blueprints.customer import bp as customer_bp
     from portal.blueprints.staff import bp as staff_bp
 
     app.register_blueprint(health.bp)
     app.register_blueprint(auth.bp)
+    app.register_blueprint(api_bp)
     app.register_blueprint(customer_bp)
     app.register_blueprint(staff_bp, url_prefix="/staff")
     import importlib.util

@@ -71,4 +71,6 @@ def load_config(env: dict[str, str] | None = None, instance_path: str | None = N
         "ARGON2_TIME_COST": _int(env.get("ARGON2_TIME_COST"), 3),
         "ARGON2_MEMORY_COST": _int(env.get("ARGON2_MEMORY_COST"), 65536),
         "INSTANCE_PATH": str(instance),
+        # A fixed billing time (ISO 8601, e.g. 2026-01-31T09:00:00+00:00) for tests and demos; empty = real time.
+        "CLOCK_FROZEN_AT": env.get("PORTAL_CLOCK_FROZEN_AT", ""),
     }

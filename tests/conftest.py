@@ -62,16 +62,22 @@ def sqlite_template(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory):
     """A PostgreSQL server (pgserver) for the session, with a migrated template database."""
+    import tempfile
+
     import pgserver
 
-    datadir = tmp_path_factory.mktemp("pgdata")
-    server = pgserver.get_server(str(datadir), cleanup_mode="stop")
+    # Not under pytest's basetemp: another pytest session running at the same time prunes old
+    # basetemp folders, which would pull the data directory out from under this server.
+    datadir = tempfile.mkdtemp(prefix="portal-test-pg-")
+    request_cleanup = lambda: shutil.rmtree(datadir, ignore_errors=True)  # noqa: E731
+    server = pgserver.get_server(datadir, cleanup_mode="stop")
     admin_uri = server.get_uri()
     with psycopg.connect(admin_uri, autocommit=True) as conn:
         conn.execute("CREATE DATABASE portal_template")
     _migrate(_pg_url(admin_uri, "portal_template"), tmp_path_factory.mktemp("pg-instance"))
     yield admin_uri
     server.cleanup()
+    request_cleanup()
 
 
 def _pg_url(admin_uri: str, name: str) -> str:

@@ -13,6 +13,10 @@ from portal.extensions import db
 from portal.models import Feature, Plan, PlanFeature, PricingTier
 
 
+#: Limits are stored as 32-bit integers.
+MAX_LIMIT = 2_147_483_647
+
+
 class CatalogError(ValueError):
     """An invalid plan or feature definition; the message says which part."""
 
@@ -103,6 +107,8 @@ def grant(
 def _validate_grant(feature: Feature, limit, window, overage_allowed, pricing_model) -> None:
     if limit is not None and limit < 0:
         raise CatalogError(f"{feature.name}: the limit cannot be negative")
+    if limit is not None and limit > MAX_LIMIT:
+        raise CatalogError(f"{feature.name}: the limit can be at most {MAX_LIMIT:,} (leave it empty for unlimited)")
     if feature.type is FeatureType.RATE and window is None:
         raise CatalogError(f"{feature.name}: a RATE feature needs a window (minute, hour or day)")
     if feature.type is not FeatureType.RATE and window is not None:

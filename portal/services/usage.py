@@ -20,6 +20,7 @@ from portal.billing.pricing import Pricing, PricingModel, Tier, build_pricing
 from portal.clock import now
 from portal.extensions import db
 from portal.models import Feature, Plan, PlanFeature, Subscription, UsageCounter, UsageDaily, UsageEvent
+from portal.billing.lifecycle import LIVE_STATUSES
 from portal.services.subscriptions import default_plan, live_subscription
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -82,16 +83,26 @@ class UsageResult:
 
 
 def entitlement(user_id: int, feature_code: str) -> Entitlement:
-    """Resolve a feature code against the customer's live subscription (or the default plan)."""
-    feature = db.session.scalar(sa.select(Feature).where(Feature.code == feature_code))
-    if feature is None:
+    """Resolve a feature code against the customer's live subscription (or the default plan), in one query."""
+    live = sa.and_(Subscription.user_id == user_id, Subscription.status.in_(LIVE_STATUSES))
+    row = db.session.execute(
+        sa.select(Feature, Subscription, PlanFeature)
+        .select_from(Feature)
+        .outerjoin(Subscription, live)
+        .outerjoin(PlanFeature, sa.and_(PlanFeature.plan_id == Subscription.plan_id,
+                                        PlanFeature.feature_id == Feature.id))
+        .where(Feature.code == feature_code)
+    ).first()
+    if row is None:
         raise UsageError("unknown_feature", f"there is no feature called {feature_code!r}", "feature")
-    subscription = live_subscription(user_id)
-    plan = subscription.plan if subscription is not None else default_plan()
+    feature, subscription, plan_feature = row
+    if subscription is not None:
+        return Entitlement(feature, subscription.plan, plan_feature, subscription)
+    plan = default_plan()
     plan_feature = db.session.scalar(
         sa.select(PlanFeature).where(PlanFeature.plan_id == plan.id, PlanFeature.feature_id == feature.id)
     )
-    return Entitlement(feature, plan, plan_feature, subscription)
+    return Entitlement(feature, plan, plan_feature, None)
 
 
 def pricing_for(plan_feature: PlanFeature | None) -> Pricing | None:
@@ -143,51 +154,71 @@ def record(
     idempotency_key: str | None = None,
     source: str = "api",
 ) -> UsageResult:
-    """Check and record in one step; a refused record writes nothing, a replayed key records nothing new."""
+    """Check and record in one step; a refused record writes nothing, a replayed key records nothing new.
+
+    The hot path is a handful of statements and no savepoint: with a key, the event is inserted
+    first (ON CONFLICT DO NOTHING: a concurrent duplicate waits for the first and then finds it);
+    then the counter takes the units by one conditional upsert; a refusal deletes the event again.
+    """
     quantity = check_quantity(quantity)
     ent = entitlement(user_id, feature_code)
-    if idempotency_key is not None:
-        previous = _event_by_key(user_id, idempotency_key)
-        if previous is not None:
-            return _replay(ent, previous)
     refusal = _plan_refusal(ent, quantity)
     if refusal is not None:
         return refusal
     at = now()
     window = ent.window(at)
-    try:
-        with db.session.begin_nested():
-            _ensure_counter(user_id, ent.feature.id, window)
-            row = _increment(user_id, ent, window, quantity, at)
-            if row is None:
-                raise _Refused()
-            used, bonus = row
-            event = UsageEvent(
-                user_id=user_id,
-                feature_id=ent.feature.id,
-                subscription_id=ent.subscription.id if ent.subscription else None,
-                quantity=quantity,
-                idempotency_key=idempotency_key,
-                source=source,
-                occurred_at=at,
-            )
-            db.session.add(event)
-            db.session.flush()
-            _add_daily(user_id, ent.feature.id, at, quantity)
-    except _Refused:
+    events = UsageEvent.__table__
+    event_id = None
+    if idempotency_key is not None:
+        event_id = db.session.execute(
+            _insert(events).values(
+                user_id=user_id, feature_id=ent.feature.id, quantity=quantity, idempotency_key=idempotency_key,
+                subscription_id=ent.subscription.id if ent.subscription else None, source=source, occurred_at=at,
+            ).on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"]).returning(events.c.id)
+        ).scalar_one_or_none()
+        if event_id is None:
+            return _replay(ent, _event_by_key(user_id, idempotency_key))
+    row = _take(user_id, ent, window, quantity, at)
+    if row is None:
+        if event_id is not None:
+            db.session.execute(sa.delete(events).where(events.c.id == event_id))
         counter = _counter(user_id, ent.feature.id, window.start)
         used, bonus = (counter.used, counter.bonus) if counter is not None else (0, 0)
         return _decide(ent, quantity, used, bonus, window, at, would_add=True)
-    except IntegrityError:
-        if idempotency_key is None:
-            raise
-        previous = _event_by_key(user_id, idempotency_key)
-        if previous is None:
-            raise
-        return _replay(ent, previous)
+    if event_id is None:
+        event_id = db.session.execute(
+            sa.insert(events).values(
+                user_id=user_id, feature_id=ent.feature.id, quantity=quantity, idempotency_key=None,
+                subscription_id=ent.subscription.id if ent.subscription else None, source=source, occurred_at=at,
+            ).returning(events.c.id)
+        ).scalar_one()
+    _add_daily(user_id, ent.feature.id, at, quantity)
+    used, bonus = row
     result = _decide(ent, quantity, used, bonus, window, at, would_add=False)
-    result.event_id = event.id
+    result.event_id = event_id
     return result
+
+
+def _take(user_id: int, ent: Entitlement, window: Period, quantity: int, at: datetime) -> tuple[int, int] | None:
+    """Add `quantity` to the window's counter if the allowance has room; (used, bonus) or None."""
+    table = UsageCounter.__table__
+    bounded = not _unbounded(ent)
+    if bounded and quantity > ent.limit:
+        # More than the plan's limit at once: only prepaid units could make room, so take the
+        # two-step path that reads the existing row's bonus.
+        _ensure_counter(user_id, ent.feature.id, window)
+        return _increment(user_id, ent, window, quantity, at)
+    stmt = _insert(table).values(
+        user_id=user_id, feature_id=ent.feature.id, window_start=window.start, window_end=window.end,
+        used=quantity, bonus=0, updated_at=at,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["user_id", "feature_id", "window_start"],
+        set_={"used": table.c.used + quantity, "updated_at": at},
+        where=(table.c.used + quantity <= ent.limit + table.c.bonus) if bounded else None,
+    ).returning(table.c.used, table.c.bonus)
+    row = db.session.execute(stmt).first()
+    return None if row is None else (row.used, row.bonus)
 
 
 class _Refused(Exception):

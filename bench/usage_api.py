@@ -1,0 +1,201 @@
+"""Benchmark: throughput and p99 latency of POST /api/v1/usage/record, as a ratio to hello-world.
+
+Both apps run under gunicorn the same way (gthread workers) and are driven by ApacheBench (`ab`,
+Debian's apache2-utils) with keep-alive from several processes at once (one API key each), for a
+fixed number of requests, so every answer is counted. Rounds alternate hello / record so both see
+the same machine load; the report gives medians. Afterwards the number of usage events in the
+database must equal the number of 2xx answers (nothing lost or doubled).
+
+    .venv/bin/python bench/usage_api.py --backend both --requests 20000 --rounds 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from portal.embedded import EmbeddedPostgres, free_port  # noqa: E402
+
+
+def prepare_database(url: str, instance: Path, customers: int) -> list[str]:
+    """Migrate, create a plan with a huge QUOTA and `customers` users with one API key each."""
+    from flask_migrate import upgrade
+
+    from portal import create_app
+    from portal.billing.features import FeatureType
+    from portal.extensions import db
+    from portal.services import api_keys, catalog
+    from portal.services.auth import register
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "INSTANCE_PATH": str(instance),
+                      "ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 64})
+    with app.app_context():
+        upgrade()
+        plan = catalog.create_plan("bench", "Bench", price_amount=0, is_default=True)
+        feature = catalog.get_or_create_feature("bench_calls", "Bench calls", FeatureType.QUOTA, "call")
+        # A QUOTA with a limit far away: every record takes the conditional-increment path.
+        catalog.grant(plan, feature, limit=2_000_000_000)
+        keys = []
+        for n in range(customers):
+            user = register(f"bench{n}@example.com", "bench password 123")
+            db.session.flush()
+            keys.append(api_keys.create(user, "bench")[1])
+        db.session.commit()
+        db.engine.dispose()
+    return keys
+
+
+def count_events(url: str, instance: Path) -> int:
+    import sqlalchemy as sa
+
+    from portal import create_app
+    from portal.extensions import db
+    from portal.models import UsageEvent
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "INSTANCE_PATH": str(instance)})
+    with app.app_context():
+        count = db.session.scalar(sa.select(sa.func.count()).select_from(UsageEvent))
+        db.engine.dispose()
+    return int(count)
+
+
+class Gunicorn:
+    def __init__(self, target: str, env: dict[str, str], workers: int, threads: int, log: Path) -> None:
+        self.port = free_port()
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--worker-class", "gthread",
+             "--threads", str(threads), "--bind", f"127.0.0.1:{self.port}", "--no-control-socket",
+             "--log-level", "warning", target],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1)
+                return
+            except urllib.error.HTTPError:
+                return  # answering (hello has no /healthz: 404 is an answer)
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gunicorn {target} did not start; see {log}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+        self.log.close()
+
+
+def drive(port: int, path: str, keys: list[str], total: int, concurrency: int, workdir: Path) -> dict:
+    """Run one ab per key in parallel (concurrency split evenly); return rate, p50, p99 and 2xx count."""
+    body = workdir / "body.json"
+    body.write_text(json.dumps({"feature": "bench_calls", "quantity": 1}))
+    per_proc, conc = total // len(keys), max(concurrency // len(keys), 1)
+    procs = []
+    started = time.perf_counter()
+    for n, key in enumerate(keys):
+        timings = workdir / f"ab-{n}.tsv"
+        cmd = ["ab", "-q", "-k", "-n", str(per_proc), "-c", str(conc), "-p", str(body), "-T", "application/json",
+               "-H", f"Authorization: Bearer {key}", "-g", str(timings), f"http://127.0.0.1:{port}{path}"]
+        procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), timings))
+    outputs = [(p.communicate()[0], t) for p, t in procs]
+    elapsed = time.perf_counter() - started
+    latencies: list[int] = []
+    non2xx = failed = completed = 0
+    for out, timings in outputs:
+        for line in out.splitlines():
+            if line.startswith("Complete requests:"):
+                completed += int(line.split()[-1])
+            elif line.startswith("Non-2xx responses:"):
+                non2xx += int(line.split()[-1])
+            elif line.startswith("Failed requests:"):
+                failed += int(line.split()[-1])
+        rows = timings.read_text().splitlines()[1:]
+        latencies += [int(r.split("\t")[4]) for r in rows if r.strip()]  # ttime, ms
+    latencies.sort()
+    return {
+        "requests": completed, "seconds": elapsed, "rate": completed / elapsed,
+        "p50_ms": latencies[len(latencies) // 2], "p99_ms": latencies[int(len(latencies) * 0.99) - 1],
+        "non2xx": non2xx, "failed": failed, "ok": completed - non2xx - failed,
+    }
+
+
+def run_backend(backend: str, args, workdir: Path) -> dict:
+    instance = workdir / backend
+    instance.mkdir()
+    pg = None
+    if backend == "postgres":
+        pg = EmbeddedPostgres(workdir / "pgdata").start()
+        url = pg.create_database("bench")
+    else:
+        url = f"sqlite:///{instance / 'bench.db'}"
+    keys = prepare_database(url, instance, args.customers)
+    env = dict(os.environ, DATABASE_URL=url.replace("postgresql+psycopg://", "postgresql://"), SECRET_KEY="bench",
+               PORTAL_INSTANCE_PATH=str(instance), REDIS_URL="redis://127.0.0.1:1/0",
+               RATELIMIT_STORAGE_URI="memory://", PYTHONPATH=str(ROOT))
+    hello = Gunicorn("bench.hello:app", env, args.workers, args.threads, instance / "hello.log")
+    portal = Gunicorn("wsgi:app", env, args.workers, args.threads, instance / "portal.log")
+    rounds = {"hello": [], "record": []}
+    try:
+        for _ in range(args.rounds):
+            rounds["hello"].append(drive(hello.port, "/hello", keys, args.requests, args.concurrency, instance))
+            rounds["record"].append(drive(portal.port, "/api/v1/usage/record", keys, args.requests,
+                                          args.concurrency, instance))
+    finally:
+        hello.stop()
+        portal.stop()
+    events = count_events(url, instance)
+    ok = sum(r["ok"] for r in rounds["record"])
+    if pg is not None:
+        pg.stop()
+    med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
+    return {
+        "backend": backend,
+        "hello_rps": med(rounds["hello"], "rate"), "record_rps": med(rounds["record"], "rate"),
+        "ratio": med(rounds["record"], "rate") / med(rounds["hello"], "rate"),
+        "ratios": [r["rate"] / h["rate"] for h, r in zip(rounds["hello"], rounds["record"])],
+        "hello_p99_ms": med(rounds["hello"], "p99_ms"), "record_p99_ms": med(rounds["record"], "p99_ms"),
+        "record_p50_ms": med(rounds["record"], "p50_ms"),
+        "record_2xx": ok, "events_in_db": events, "consistent": ok == events,
+        "record_non2xx": sum(r["non2xx"] + r["failed"] for r in rounds["record"]),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
+    parser.add_argument("--requests", type=int, default=20000, help="per round and app")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--customers", type=int, default=4, help="API keys, one ab process each")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args()
+    if shutil.which("ab") is None:
+        print("bench needs ApacheBench: apt-get install apache2-utils", file=sys.stderr)
+        return 2
+    backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
+    with tempfile.TemporaryDirectory(prefix="portal-bench-") as tmp:
+        results = [run_backend(b, args, Path(tmp)) for b in backends]
+    print(json.dumps(results, indent=2))
+    print(f"\n{'backend':<9} {'hello rps':>10} {'record rps':>11} {'ratio':>6} {'record p50':>11} "
+          f"{'record p99':>11} {'hello p99':>10} {'2xx':>7} {'events':>7}")
+    for r in results:
+        print(f"{r['backend']:<9} {r['hello_rps']:>10.0f} {r['record_rps']:>11.0f} {r['ratio']:>6.2f} "
+              f"{r['record_p50_ms']:>9} ms {r['record_p99_ms']:>9} ms {r['hello_p99_ms']:>8} ms "
+              f"{r['record_2xx']:>7} {r['events_in_db']:>7}")
+    return 0 if all(r["consistent"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Subscription: the current plan, upgrade (prorated, paid now), downgrade and cancel at period end."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from flask import abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+from wtforms import HiddenField, SelectField, TextAreaField
+from wtforms.validators import DataRequired, Length, Regexp
+
+from portal.billing.lifecycle import SubscriptionError, SubscriptionStatus
+from portal.blueprints.customer import bp
+from portal.clock import now
+from portal.extensions import db
+from portal.models import Payment, PaymentPurpose, PaymentStatus, Plan, User
+from portal.payments import gateway
+from portal.payments.errors import PaymentError, from_intent
+from portal.services import catalog_views, payments, plan_changes
+from portal.services.subscriptions import live_subscription
+
+#: How long a change preview may be confirmed: after that the amounts are shown again.
+PREVIEW_TTL = timedelta(minutes=30)
+_TOKENS = "plan_change_tokens"
+_KEEP_TOKENS = 5
+
+CANCEL_REASONS = [
+    ("", "Choose a reason…"),
+    ("too_expensive", "It costs too much"),
+    ("missing_features", "It lacks a feature I need"),
+    ("not_using", "I don't use it enough"),
+    ("switching", "I'm moving to another product"),
+    ("temporary", "I only needed it for a while"),
+    ("other", "Something else"),
+]
+
+
+try:  # WTForms 3.3 deprecates (value, label) tuples for choices
+    from wtforms.fields.choices import SelectChoice
+except ImportError:  # pragma: no cover - older WTForms
+    def SelectChoice(value, label):  # noqa: N802
+        return (value, label)
+
+
+def _strip(value):
+    return value.strip() if isinstance(value, str) else value
+
+
+class ChangeForm(FlaskForm):
+    #: One-time token from the preview: the same confirmation submitted twice is one change.
+    token = HiddenField(validators=[DataRequired(), Regexp(r"^[0-9a-f]{32}$")])
+
+
+class CancelForm(FlaskForm):
+    reason = SelectField("Why are you cancelling?", choices=[SelectChoice(v, label) for v, label in CANCEL_REASONS],
+                         validators=[DataRequired("Choose the reason closest to yours.")])
+    detail = TextAreaField("Anything you would like us to know? (optional)", filters=[_strip],
+                           validators=[Length(max=500, message="Keep it under 500 characters.")])
+
+
+class UndoForm(FlaskForm):
+    pass
+
+
+def _sentence(message: str) -> str:
+    message = message.strip()
+    if not message:
+        return message
+    message = message[0].upper() + message[1:]
+    return message if message.endswith((".", "!", "?")) else message + "."
+
+
+def _url(endpoint: str, fallback: str) -> str:
+    """A link to a page another engineer owns, even before that page exists."""
+    return url_for(endpoint) if endpoint in current_app.view_functions else fallback
+
+
+def _stripe_js_url() -> str:
+    base = current_app.config.get("STRIPE_API_BASE")
+    return f"{base.rstrip('/')}/js.stripe.com/v3/" if base else current_app.config["STRIPE_JS_URL"]
+
+
+# --- the preview's one-time token, remembered in the session ---------------------------------
+
+
+def _issue_token(plan_code: str) -> str:
+    token = uuid.uuid4().hex
+    at = now()
+    tokens = {k: v for k, v in session.get(_TOKENS, {}).items() if not _expired(v, at)}
+    tokens[token] = {"plan": plan_code, "at": at.isoformat()}
+    newest = sorted(tokens.items(), key=lambda item: item[1]["at"])[-_KEEP_TOKENS:]
+    session[_TOKENS] = dict(newest)
+    return token
+
+
+def _expired(entry: dict, at: datetime) -> bool:
+    try:
+        return at - datetime.fromisoformat(entry["at"]) > PREVIEW_TTL
+    except (KeyError, TypeError, ValueError):
+        return True
+
+
+def _token_is_fresh(token: str, plan_code: str) -> bool:
+    entry = session.get(_TOKENS, {}).get(token)
+    return bool(entry) and entry.get("plan") == plan_code and not _expired(entry, now())
+
+
+# --- pages -----------------------------------------------------------------------------------
+
+
+def _user() -> User:
+    return current_user._get_current_object()
+
+
+def _overview(cancel_form: CancelForm, status: int = 200):
+    sub = live_subscription(current_user.id)
+    context = {"subscription": sub, "next_invoice": None, "open_invoices": []}
+    if sub is not None:
+        context["next_invoice"] = catalog_views.next_invoice(sub)
+        if sub.status is SubscriptionStatus.PAST_DUE:
+            context["open_invoices"] = catalog_views.open_renewal_invoices(current_user.id, sub.id)
+    return render_template(
+        "customer/subscription.html", section="overview", cancel_form=cancel_form, undo_form=UndoForm(),
+        payment_methods_url=_url("customer.payment_methods", "/payment-methods"), **context,
+    ), status
+
+
+@bp.get("/subscription")
+@login_required
+def subscription():
+    """The current plan, its status, the next invoice and any scheduled change."""
+    return _overview(CancelForm(formdata=None))
+
+
+def _change_page(plan: Plan, *, error: str | None = None, status: int = 200):
+    """The preview of changing to `plan`, with a fresh one-time token to confirm it."""
+    user = _user()
+    change, token = None, None
+    try:
+        change = plan_changes.preview(user, plan)
+    except SubscriptionError as exc:
+        error = _sentence(str(exc))
+    if change is not None:
+        token = _issue_token(plan.code)
+    return render_template(
+        "customer/subscription.html", section="change", plan=plan, change=change, error=error,
+        form=ChangeForm(formdata=None, token=token), card=payments.default_method(user.id),
+        payment_methods_url=_url("customer.payment_methods", "/payment-methods"),
+    ), status
+
+
+@bp.route("/subscription/change/<plan_code>", methods=["GET", "POST"])
+@login_required
+def change_plan(plan_code: str):
+    """GET: what the change costs and when it starts. POST: confirm it."""
+    plan = catalog_views.public_plan(plan_code)
+    if plan is None:
+        abort(404)
+    if request.method == "GET":
+        return _change_page(plan)
+    form = ChangeForm()
+    if not form.validate():
+        abort(400, "The confirmation is missing its one-time token. Open the plan change again and confirm it there.")
+    if not _token_is_fresh(form.token.data, plan.code):
+        return _change_page(plan, status=400,
+                            error="This preview has expired. Check the amounts below and confirm again.")
+    user = _user()
+    try:
+        change = plan_changes.preview(user, plan)
+        if not change.is_upgrade:
+            sub = plan_changes.schedule_downgrade(user, plan)
+            db.session.commit()
+            flash(f"Done: you move to {plan.name} on {sub.current_period_end:%d %b %Y}. "
+                  f"You keep {change.old_plan.name} until then.", "success")
+            return redirect(url_for("customer.subscription"))
+        outcome = plan_changes.upgrade(user, plan, token=form.token.data)
+    except SubscriptionError as exc:
+        db.session.rollback()
+        sub = live_subscription(user.id)
+        if sub is not None and sub.plan_id == plan.id:  # the same confirmation sent twice
+            flash(f"You are on the {plan.name} plan.", "success")
+            return redirect(url_for("customer.subscription"))
+        return _change_page(plan, status=409, error=_sentence(str(exc)))
+    except PaymentError as exc:
+        db.session.rollback()
+        return _change_page(plan, status=402, error=exc.message)
+    db.session.commit()
+    if outcome.status == "paid":
+        flash(f"You are now on the {plan.name} plan. Thank you!", "success")
+        return redirect(url_for("customer.subscription"))
+    if outcome.status == "requires_action":
+        return _payment_action(outcome.payment, outcome.client_secret)
+    if outcome.status == "processing":
+        flash(f"Your payment is processing. You move to {plan.name} as soon as your bank confirms it.", "info")
+        return redirect(url_for("customer.subscription"))
+    message = outcome.error.message if outcome.error else "The payment did not go through."
+    return _change_page(plan, status=402, error=message)
+
+
+def _payment_action(payment: Payment, client_secret: str, *, message: str | None = None):
+    """The page where Stripe.js asks the bank to confirm the payment (3-D Secure)."""
+    return render_template(
+        "customer/subscription.html", section="payment_action", payment=payment, client_secret=client_secret,
+        stripe_js_url=_stripe_js_url(), publishable_key=current_app.config["STRIPE_PUBLISHABLE_KEY"],
+        confirm_form=UndoForm(), message=message,
+    )
+
+
+@bp.post("/payments/<int:payment_id>/confirm")
+@login_required
+def confirm_payment(payment_id: int):
+    """After the bank's check: settle the payment if Stripe says it succeeded, else record the failure."""
+    payment = catalog_views.owned_payment(current_user.id, payment_id)
+    if payment is None or payment.provider != "stripe" or not payment.stripe_payment_intent_id:
+        abort(404)
+    done = _after_payment(payment)
+    if payment.status is PaymentStatus.SUCCEEDED:
+        flash("Payment received.", "info")
+        return done
+    if payment.status in (PaymentStatus.FAILED, PaymentStatus.REFUNDED):
+        flash(payment.failure_message or "This payment did not go through.", "error")
+        return done
+    try:
+        intent = gateway.retrieve_intent(payment.stripe_payment_intent_id)
+    except PaymentError as exc:
+        flash(exc.message, "error")
+        return done
+    if intent.status == "succeeded":
+        payments.settle(payment.id)
+        db.session.commit()
+        sub = live_subscription(current_user.id)
+        if payment.data.get("type") == "plan_change" and sub is not None:
+            flash(f"Payment confirmed. You are now on the {sub.plan.name} plan.", "success")
+        else:
+            flash("Payment confirmed. Thank you!", "success")
+        return done
+    if intent.status == "processing":
+        flash("Your payment is processing; we will update your account once your bank confirms it.", "info")
+        return done
+    if intent.status == "requires_action":
+        # Not confirmed yet (the bank's window was closed, or JavaScript is off): ask again.
+        return _payment_action(payment, intent.client_secret,
+                               message="Your bank has not confirmed this payment yet. Please complete the check.")
+    error = from_intent(intent)
+    payments.fail(payment, error.code, error.message, intent_id=intent.id)
+    db.session.commit()
+    flash(error.message, "error")
+    return done
+
+
+def _after_payment(payment: Payment):
+    if payment.purpose is PaymentPurpose.TOPUP and "customer.wallet" in current_app.view_functions:
+        return redirect(url_for("customer.wallet"))
+    return redirect(url_for("customer.subscription"))
+
+
+@bp.post("/subscription/cancel")
+@login_required
+def cancel():
+    """Stop renewing: the plan runs to the end of the period, then the Free plan applies."""
+    form = CancelForm()
+    if form.validate_on_submit():
+        label = dict(CANCEL_REASONS)[form.reason.data]
+        reason = f"{label}: {form.detail.data}" if form.detail.data else label
+        try:
+            sub = plan_changes.cancel_at_period_end(_user(), reason)
+        except SubscriptionError as exc:
+            db.session.rollback()
+            form.reason.errors.append(_sentence(str(exc)))
+        else:
+            db.session.commit()
+            flash(f"Your {sub.plan.name} plan ends on {sub.current_period_end:%d %b %Y}; until then nothing changes. "
+                  "Changed your mind? Choose Undo below.", "success")
+            return redirect(url_for("customer.subscription"))
+    return _overview(form, 422)
+
+
+@bp.post("/subscription/undo")
+@login_required
+def undo():
+    """Keep the current plan: drop a scheduled downgrade or cancellation."""
+    UndoForm().validate_on_submit()  # CSRF is checked for every POST before we get here
+    try:
+        sub = plan_changes.undo_scheduled_change(_user())
+    except SubscriptionError as exc:
+        db.session.rollback()
+        flash(_sentence(str(exc)), "error")
+    else:
+        db.session.commit()
+        flash(f"Done: you stay on the {sub.plan.name} plan.", "success")
+    return redirect(url_for("customer.subscription"))

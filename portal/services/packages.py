@@ -1,0 +1,161 @@
+"""Buying prepaid packages (token bundles): invoice them, pay wallet first then card, raise the allowance.
+
+Only QUOTA features priced in PACKAGEs can be bought in advance. USAGE features with package
+pricing (SMS on Business) are billed in arrears by consumption, so there is nothing to buy.
+The prepaid units are added by the payments service when the invoice is paid, exactly once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from portal.billing.features import FeatureType
+from portal.billing.pricing import PricingModel, build_pricing
+from portal.clock import now
+from portal.extensions import db
+from portal.models import Invoice, InvoiceStatus, LineKind, Payment, PaymentStatus, PlanFeature, User
+from portal.models.errors import RetryStrategy
+from portal.payments.errors import PaymentError
+from portal.services import invoices, payments, usage
+from portal.services.invoices import LineDraft
+from portal.services.payments import Outcome
+
+MIN_PACKAGES, MAX_PACKAGES = 1, 100
+
+
+class PackageError(ValueError):
+    """A purchase that cannot be made as asked; the message is fit to show next to the field."""
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A package of a feature's units the customer's plan lets them buy."""
+
+    feature_code: str
+    feature_name: str
+    unit_name: str
+    package_size: int
+    package_price: Decimal  #: major units, as configured
+    price: int  #: one package, minor units
+    currency: str
+
+    @property
+    def units_label(self) -> str:
+        return units_label(self.package_size, self.unit_name)
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What buying `packages` packages costs; pure data for the invoice line."""
+
+    offer: Offer
+    packages: int
+    units: int
+    amount: int  #: minor units
+    description: str  #: "2 × 500 tokens"
+    breakdown: tuple[dict, ...]
+
+
+def plural(unit: str) -> str:
+    """"token" → "tokens"; abbreviations and words already plural stay as they are ("SMS")."""
+    unit = unit or "unit"
+    return unit if unit.isupper() or unit.endswith("s") else unit + "s"
+
+
+def units_label(count: int, unit: str) -> str:
+    return f"{count:,} {(unit or 'unit') if count == 1 else plural(unit)}"
+
+
+def offer_for(plan_feature: PlanFeature | None, currency: str) -> Offer | None:
+    """The package a plan feature sells in advance, or None (not a QUOTA priced in packages)."""
+    if (
+        plan_feature is None
+        or not plan_feature.enabled
+        or plan_feature.feature.type is not FeatureType.QUOTA
+        or plan_feature.pricing_model is not PricingModel.PACKAGE
+        or not plan_feature.package_size
+        or plan_feature.package_price is None
+    ):
+        return None
+    feature = plan_feature.feature
+    one = build_pricing(PricingModel.PACKAGE, package_size=plan_feature.package_size,
+                        package_price=plan_feature.package_price)
+    return Offer(feature.code, feature.name, feature.unit_name, plan_feature.package_size,
+                 plan_feature.package_price, one.price(plan_feature.package_size).amount_minor(currency), currency)
+
+
+def check_packages(packages: object) -> int:
+    if isinstance(packages, bool) or not isinstance(packages, int):
+        raise PackageError("enter a whole number of packages")
+    if not MIN_PACKAGES <= packages <= MAX_PACKAGES:
+        raise PackageError(f"buy from {MIN_PACKAGES} to {MAX_PACKAGES} packages at a time")
+    return packages
+
+
+def quote(offer: Offer, packages: int) -> Quote:
+    """The price of `packages` packages: packages × package price, rounded once to minor units."""
+    packages = check_packages(packages)
+    pricing = build_pricing(PricingModel.PACKAGE, package_size=offer.package_size, package_price=offer.package_price)
+    units = packages * offer.package_size
+    result = pricing.price(units)
+    breakdown = tuple(
+        {"description": line.description, "units": line.units, "unit_price": str(line.unit_price),
+         "amount": str(line.amount)}
+        for line in result.lines
+    )
+    description = f"{packages:,} × {units_label(offer.package_size, offer.unit_name)}"
+    return Quote(offer, packages, units, result.amount_minor(offer.currency), description, breakdown)
+
+
+def buy(user: User, feature_code: str, packages: int, token: str) -> Outcome:
+    """Invoice and pay for prepaid packages; `token` comes from the form, so a double submit buys once.
+
+    Raises PackageError when the plan sells no packages of the feature. Commits (the payment
+    is committed before the card is charged, see services.payments).
+    """
+    try:
+        ent = usage.entitlement(user.id, feature_code)
+    except usage.UsageError as error:
+        raise PackageError(error.message) from None
+    offer = offer_for(ent.plan_feature, ent.plan.currency)
+    if offer is None:
+        raise PackageError(f"{ent.feature.name} cannot be bought in packages on the {ent.plan.name} plan")
+    priced = quote(offer, packages)
+    period = ent.window(now())
+    line = LineDraft(
+        LineKind.PACKAGE, priced.description, priced.amount, quantity=priced.packages,
+        unit_price=offer.package_price, feature_id=ent.feature.id, breakdown=list(priced.breakdown),
+        period_start=period.start, period_end=period.end,
+    )
+    invoice = invoices.create_invoice(
+        user.id, offer.currency, [line], reason="package",
+        subscription_id=ent.subscription.id if ent.subscription else None,
+        period_start=period.start, period_end=period.end, idempotency_key=f"package:{user.id}:{token}",
+    )
+    effects = {"type": "package", "feature": ent.feature.code, "units": priced.units}
+    earlier = _earlier_attempt(invoice)
+    if earlier is not None:
+        return earlier
+    return payments.pay_invoice(user, invoice, effects=effects)
+
+
+def _earlier_attempt(invoice: Invoice) -> Outcome | None:
+    """The outcome of a purchase already made with the same form token (a double submit), if any."""
+    if invoice.status is InvoiceStatus.PAID:
+        return Outcome("paid")
+    latest = db.session.scalar(
+        sa.select(Payment).where(Payment.invoice_id == invoice.id, Payment.provider == "stripe")
+        .order_by(Payment.id.desc()).limit(1)
+    )
+    if invoice.status is not InvoiceStatus.OPEN:
+        message = (latest.failure_message if latest is not None and latest.failure_message
+                   else "This purchase was not completed.")
+        code = latest.failure_code if latest is not None and latest.failure_code else "not_completed"
+        return Outcome("failed", latest, error=PaymentError(code, message, RetryStrategy.MANUAL))
+    if latest is not None and latest.status is PaymentStatus.REQUIRES_ACTION:
+        return Outcome("requires_action", latest)
+    if latest is not None and latest.status is PaymentStatus.PENDING:
+        return Outcome("processing", latest)
+    return None

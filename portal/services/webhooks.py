@@ -1,0 +1,283 @@
+"""Stripe webhook events: stored by event id, handled once, in whatever order they arrive.
+
+Stripe delivers at least once and in no particular order. The event row (unique on Stripe's
+event id) makes a second delivery a no-op; each handler is idempotent on its own as well
+(settling and failing a payment are guarded updates, a refunded amount is *set* from Stripe's
+total, saving a card looks it up first), so an event that races the request which caused it,
+or arrives after a later one, changes nothing twice and never moves a payment backwards.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from portal.clock import now
+from portal.extensions import db
+from portal.models import (
+    ErrorStatus,
+    OperationError,
+    Payment,
+    PaymentStatus,
+    RetryStrategy,
+    User,
+    WebhookEvent,
+)
+from portal.payments.errors import PaymentError, from_intent
+from portal.services import payment_methods, payments
+
+log = logging.getLogger(__name__)
+
+RECEIVED, PROCESSED, IGNORED, FAILED = "received", "processed", "ignored", "failed"
+_DONE = (PROCESSED, IGNORED)
+
+
+class InvalidEvent(ValueError):
+    """The signed body is not a Stripe event (no id or type)."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    event: WebhookEvent
+    #: True when this delivery found the event already handled and did nothing.
+    duplicate: bool
+
+    @property
+    def failed(self) -> bool:
+        return self.event.status == FAILED
+
+
+def receive(payload: Mapping[str, Any]) -> Receipt:
+    """Store a verified event and handle it unless an earlier delivery already did (flushes)."""
+    event_id, event_type = payload.get("id"), payload.get("type")
+    if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str) or not event_type:
+        raise InvalidEvent("the body is not a Stripe event")
+    record = _by_stripe_id(event_id)
+    if record is not None and record.status in _DONE:
+        return Receipt(record, duplicate=True)
+    if record is None:
+        try:
+            with db.session.begin_nested():
+                record = WebhookEvent(stripe_event_id=event_id[:64], type=event_type[:64], payload=dict(payload),
+                                      status=RECEIVED, received_at=now())
+                db.session.add(record)
+                db.session.flush()
+        except IntegrityError:  # a concurrent delivery of the same event stored it first
+            return Receipt(_by_stripe_id(event_id), duplicate=True)
+    handle(record)
+    return Receipt(record, duplicate=False)
+
+
+def reprocess(webhook_event_id: int) -> str:
+    """Handle a stored event again (for the retry job); returns its new status."""
+    record = db.session.get(WebhookEvent, webhook_event_id)
+    if record is None:
+        raise LookupError(f"no webhook event {webhook_event_id}")
+    if record.status not in _DONE:
+        handle(record)
+    return record.status
+
+
+def handle(record: WebhookEvent) -> None:
+    """Run the event's handler in a savepoint; mark the row processed, ignored or failed."""
+    handler = HANDLERS.get(record.type)
+    if handler is None:
+        _finish(record, IGNORED)
+        return
+    data = record.payload.get("data") or {}
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    if not isinstance(obj, Mapping):
+        _finish(record, IGNORED)
+        return
+    try:
+        with db.session.begin_nested():
+            handled = handler(obj)
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded and Stripe retries the delivery
+        log.exception("webhook %s (%s) failed", record.stripe_event_id, record.type)
+        _finish(record, FAILED)
+        _record_failure(record, exc)
+        return
+    _finish(record, PROCESSED if handled else IGNORED)
+    _resolve_failure(record)
+
+
+def _by_stripe_id(event_id: str) -> WebhookEvent | None:
+    return db.session.scalar(sa.select(WebhookEvent).where(WebhookEvent.stripe_event_id == event_id))
+
+
+def _finish(record: WebhookEvent, status: str) -> None:
+    record.status = status
+    record.processed_at = now()
+    db.session.flush()
+
+
+# --- payment intents --------------------------------------------------------------------------
+
+def apply_intent(payment: Payment, intent: Mapping[str, Any]) -> str:
+    """Bring our payment in line with Stripe's PaymentIntent; returns what happened.
+
+    "settled" (now succeeded, effects applied once), "failed", "unchanged" (already final or
+    still waiting for the customer), or "anomaly" (Stripe took money for a payment we had
+    recorded as failed: left for a person, never settled silently).
+    """
+    status = intent.get("status")
+    if status == "succeeded":
+        if payment.status is PaymentStatus.FAILED:
+            _flag_success_after_failure(payment, intent)
+            return "anomaly"
+        return "settled" if payments.settle(payment.id) else "unchanged"
+    if status in ("requires_payment_method", "canceled"):
+        error = from_intent(SimpleNamespace(status=status, id=intent.get("id"),
+                                            last_payment_error=intent.get("last_payment_error") or {}))
+        if status == "canceled" and not intent.get("last_payment_error"):
+            error.code, error.message = "canceled", "The payment was canceled before it completed."
+        return "failed" if payments.fail(payment, error.code, error.message, intent_id=intent.get("id")) \
+            else "unchanged"
+    return "unchanged"  # requires_action, processing: a later event or the confirm step finishes it
+
+
+def payment_for_intent(intent: Mapping[str, Any]) -> Payment | None:
+    """Our card payment for a PaymentIntent: by its id, else by the payment_id we put in its metadata.
+
+    The metadata match covers a crash between Stripe's answer and our recording the intent id;
+    it is accepted only when nothing else is attached and the amount, currency and user agree.
+    """
+    intent_id = intent.get("id")
+    if not isinstance(intent_id, str):
+        return None
+    payment = db.session.scalar(sa.select(Payment).where(Payment.stripe_payment_intent_id == intent_id))
+    if payment is not None:
+        return payment
+    metadata = intent.get("metadata") or {}
+    raw_id, raw_user = str(metadata.get("payment_id") or ""), str(metadata.get("user_id") or "")
+    if not raw_id.isdigit():
+        return None
+    payment = db.session.get(Payment, int(raw_id))
+    if (
+        payment is None
+        or payment.provider != "stripe"
+        or payment.stripe_payment_intent_id is not None
+        or payment.amount != intent.get("amount")
+        or payment.currency.lower() != str(intent.get("currency") or "").lower()
+        or (raw_user and raw_user != str(payment.user_id))
+    ):
+        return None
+    payment.stripe_payment_intent_id = intent_id
+    db.session.flush()
+    return payment
+
+
+def _on_intent_event(intent: Mapping[str, Any]) -> bool:
+    payment = payment_for_intent(intent)
+    if payment is None:
+        return False
+    apply_intent(payment, intent)
+    return True
+
+
+def _flag_success_after_failure(payment: Payment, intent: Mapping[str, Any]) -> None:
+    key = f"payment:{payment.id}:succeeded-after-failure"
+    if db.session.scalar(sa.select(OperationError.id).where(OperationError.dedupe_key == key)) is not None:
+        return
+    db.session.add(OperationError(
+        operation_type="payment_reconciliation", error_code="succeeded_after_failure",
+        message=f"Stripe reports {intent.get('id')} succeeded, but payment {payment.id} was recorded as failed.",
+        context={"payment_id": payment.id, "intent_id": intent.get("id"), "amount": payment.amount},
+        strategy=RetryStrategy.MANUAL, status=ErrorStatus.MANUAL, attempts=0, user_id=payment.user_id,
+        dedupe_key=key, created_at=now(), updated_at=now(),
+    ))
+    db.session.flush()
+
+
+# --- refunds and saved cards ------------------------------------------------------------------
+
+def _on_charge_refunded(charge: Mapping[str, Any]) -> bool:
+    """Record how much of the payment Stripe has refunded: set from its total, never added to."""
+    intent_id = charge.get("payment_intent")
+    refunded = charge.get("amount_refunded")
+    if not isinstance(intent_id, str) or not isinstance(refunded, int) or isinstance(refunded, bool):
+        return False
+    payment = db.session.scalar(sa.select(Payment).where(Payment.stripe_payment_intent_id == intent_id))
+    if payment is None:
+        return False
+    refunded = min(refunded, payment.amount)
+    # Only upwards: an older event arriving late cannot shrink the refunded total.
+    db.session.execute(
+        sa.update(Payment).where(Payment.id == payment.id, Payment.amount_refunded < refunded)
+        .values(amount_refunded=refunded, updated_at=now()).execution_options(synchronize_session=False)
+    )
+    if refunded >= payment.amount:
+        db.session.execute(
+            sa.update(Payment).where(Payment.id == payment.id, Payment.status == PaymentStatus.SUCCEEDED)
+            .values(status=PaymentStatus.REFUNDED, updated_at=now()).execution_options(synchronize_session=False)
+        )
+    db.session.refresh(payment)
+    return True
+
+
+def _on_setup_succeeded(setup_intent: Mapping[str, Any]) -> bool:
+    """Save the card a SetupIntent collected for the customer it belongs to (idempotent)."""
+    customer, method_id = setup_intent.get("customer"), setup_intent.get("payment_method")
+    if not isinstance(customer, str) or not isinstance(method_id, str):
+        return False
+    user = db.session.scalar(sa.select(User).where(User.stripe_customer_id == customer))
+    if user is None:
+        return False
+    try:
+        payment_methods.save(user, method_id)
+    except LookupError:  # the card is saved for another of our customers
+        return False
+    except PaymentError as error:
+        if error.retryable:
+            raise
+        log.warning("setup_intent %s: card %s not saved: %s", setup_intent.get("id"), method_id, error.code)
+        return False
+    return True
+
+
+HANDLERS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "payment_intent.succeeded": _on_intent_event,
+    "payment_intent.payment_failed": _on_intent_event,
+    "charge.refunded": _on_charge_refunded,
+    "setup_intent.succeeded": _on_setup_succeeded,
+}
+
+
+# --- failures -----------------------------------------------------------------------------------
+
+def _failure_key(record: WebhookEvent) -> str:
+    return f"webhook:{record.stripe_event_id}"
+
+
+def _record_failure(record: WebhookEvent, exc: Exception) -> None:
+    """One OperationError per failing event (Stripe also redelivers it; either retry may fix it)."""
+    code = str(getattr(exc, "code", None) or type(exc).__name__)[:64]
+    error = db.session.scalar(sa.select(OperationError).where(OperationError.dedupe_key == _failure_key(record)))
+    if error is None:
+        error = OperationError(
+            operation_type="webhook", error_code=code, message=str(exc)[:2000],
+            context={"webhook_event_id": record.id, "stripe_event_id": record.stripe_event_id, "type": record.type},
+            strategy=RetryStrategy.EXPONENTIAL, status=ErrorStatus.PENDING, attempts=1,
+            next_retry_at=now() + timedelta(minutes=1), dedupe_key=_failure_key(record),
+            created_at=now(), updated_at=now(),
+        )
+        db.session.add(error)
+    else:
+        error.error_code, error.message, error.updated_at = code, str(exc)[:2000], now()
+    db.session.flush()
+
+
+def _resolve_failure(record: WebhookEvent) -> None:
+    db.session.execute(
+        sa.update(OperationError)
+        .where(OperationError.dedupe_key == _failure_key(record),
+               OperationError.status.notin_([ErrorStatus.RESOLVED, ErrorStatus.GAVE_UP]))
+        .values(status=ErrorStatus.RESOLVED, resolved_at=now(), updated_at=now())
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,286 @@
+"""Payment methods page: Stripe.js adds cards through a SetupIntent (localstripe), list, default, remove."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+import sqlalchemy as sa
+
+from portal.extensions import db
+from portal.models import PaymentMethod, User
+from portal.payments import gateway
+from tests.conftest import add_card, csrf_from
+
+DECLINED_AT_SETUP = "4000000000000002"
+NEEDS_AUTH = "4000002500003155"
+
+
+@pytest.fixture
+def alice(catalog, stripe_server) -> User:
+    return db.session.scalar(sa.select(User).where(User.email == "demo@portal.test"))
+
+
+def methods(user_id: int) -> list[PaymentMethod]:
+    db.session.expire_all()
+    return list(db.session.scalars(sa.select(PaymentMethod).where(PaymentMethod.user_id == user_id)
+                                   .order_by(PaymentMethod.id)))
+
+
+def confirm_setup(stripe_url: str, client_secret: str, number: str) -> tuple[int, dict]:
+    """What localstripe's Stripe.js confirmCardSetup sends from the browser (publishable key only)."""
+    intent_id = client_secret.split("_secret_")[0]
+    body = {"key": "pk_test_local", "use_stripe_sdk": True, "client_secret": client_secret,
+            "payment_method_data": {"type": "card", "card": {"number": number, "exp_month": "12",
+                                                             "exp_year": "2031", "cvc": "123"}}}
+    request = urllib.request.Request(f"{stripe_url}/v1/setup_intents/{intent_id}/confirm",
+                                     data=json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def start_setup(client) -> str:
+    token = csrf_from(client, "/payment-methods")
+    response = client.post("/payment-methods/setup", headers={"X-CSRFToken": token})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()["client_secret"]
+
+
+def test_the_page_lists_cards_with_the_default_first_and_explains_javascript(alice, alice_client, stripe_server):
+    add_card(alice, "4242424242424242")
+    add_card(alice, "5555555555554444")
+    response = alice_client.get("/payment-methods")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    # (localstripe calls every card a Visa, so the brand is not what tells them apart here)
+    first, second = html.index("•••• 4242"), html.index("•••• 4444")
+    assert first < second
+    assert re.search(r"•••• 4242</strong>\s*<span class=\"badge\">Default</span>", html)
+    assert html.count(">Default</span>") == 1 and "Expires 12/2031" in html
+    assert "Adding a card needs JavaScript" in html and "<noscript>" in html
+    assert f'<script src="{stripe_server.url}/js.stripe.com/v3/"></script>' in html
+    assert 'data-stripe-key="pk_test_local"' in html
+
+
+def test_the_real_stripe_js_is_used_without_localstripe(app, client, catalog):
+    from portal.blueprints.customer.payment_methods import stripe_js_url
+
+    app.config["STRIPE_API_BASE"] = ""
+    with app.test_request_context():
+        assert stripe_js_url() == "https://js.stripe.com/v3/"
+
+
+def test_a_card_confirmed_by_stripe_js_is_saved_as_the_default(alice, alice_client, stripe_server):
+    secret = start_setup(alice_client)
+    assert secret.startswith("seti_")
+    status, intent = confirm_setup(stripe_server.url, secret, "4242424242424242")
+    assert status == 200 and intent["status"] == "succeeded"
+    token = csrf_from(alice_client, "/payment-methods")
+    response = alice_client.post("/payment-methods", data={"csrf_token": token,
+                                                           "payment_method_id": intent["payment_method"]})
+    assert response.status_code == 303 and response.headers["Location"].endswith("/payment-methods")
+    [method] = methods(alice.id)
+    assert (method.brand, method.last4, method.is_default) == ("visa", "4242", True)
+    assert gateway.card_details(method.stripe_payment_method_id).customer == alice.stripe_customer_id
+    page = alice_client.get("/payment-methods").get_data(as_text=True)
+    assert "Visa •••• 4242 saved. It is your default card." in page
+    # Posting the same card again (a double submit) keeps one row.
+    alice_client.post("/payment-methods", data={"csrf_token": token, "payment_method_id": intent["payment_method"]})
+    assert len(methods(alice.id)) == 1
+
+
+def test_a_card_declined_at_setup_is_refused_by_stripe_js_with_its_message(alice, alice_client, stripe_server):
+    status, body = confirm_setup(stripe_server.url, start_setup(alice_client), DECLINED_AT_SETUP)
+    # This is the error Stripe.js hands the page, which shows error.message.
+    assert status == 402 and body["error"]["message"] == "Your card was declined."
+    assert methods(alice.id) == []
+
+
+def test_a_declined_card_posted_to_the_server_shows_a_clear_message(alice, alice_client):
+    pm = gateway.client().v1.payment_methods.create(params={"type": "card", "card": {
+        "number": DECLINED_AT_SETUP, "exp_month": 12, "exp_year": 2031, "cvc": "123"}})
+    token = csrf_from(alice_client, "/payment-methods")
+    response = alice_client.post("/payment-methods", data={"csrf_token": token, "payment_method_id": pm.id})
+    assert response.status_code == 402
+    html = response.get_data(as_text=True)
+    assert "The card was not saved." in html and "Your card was declined." in html
+    assert methods(alice.id) == []
+
+
+@pytest.mark.parametrize("value, message", [("", "did not reach us"), ("tok_123", "not a Stripe card id"),
+                                            ("pm_" + "x" * 70, "")])
+def test_a_bad_payment_method_id_is_a_form_error(alice, alice_client, value, message):
+    token = csrf_from(alice_client, "/payment-methods")
+    response = alice_client.post("/payment-methods", data={"csrf_token": token, "payment_method_id": value})
+    assert response.status_code == 422
+    assert "The card was not saved." in response.get_data(as_text=True)
+    assert message in response.get_data(as_text=True)
+    assert methods(alice.id) == []
+
+
+def test_posts_without_csrf_are_refused(alice, alice_client):
+    method = add_card(alice)
+    assert alice_client.post("/payment-methods/setup").status_code == 400
+    assert alice_client.post("/payment-methods", data={"payment_method_id": "pm_123"}).status_code == 400
+    assert alice_client.post(f"/payment-methods/{method.id}/remove").status_code == 400
+    assert len(methods(alice.id)) == 1
+
+
+def test_make_default_and_remove_with_a_confirm_step(alice, alice_client):
+    first, second = add_card(alice), add_card(alice, "5555555555554444")
+    second_stripe_id = second.stripe_payment_method_id
+    token = csrf_from(alice_client, "/payment-methods")
+    response = alice_client.post(f"/payment-methods/{second.id}/default", data={"csrf_token": token})
+    assert response.status_code == 303
+    assert [m.is_default for m in methods(alice.id)] == [False, True]
+    assert "•••• 4444 is now your default card." in alice_client.get("/payment-methods").get_data(as_text=True)
+
+    confirm = alice_client.get(f"/payment-methods/{second.id}/remove")
+    html = confirm.get_data(as_text=True)
+    assert confirm.status_code == 200 and "•••• 4444?" in html
+    assert "•••• 4242 will become the default" in html
+    assert len(methods(alice.id)) == 2  # asking removed nothing
+    response = alice_client.post(f"/payment-methods/{second.id}/remove", data={"csrf_token": token})
+    assert response.status_code == 303
+    [left] = methods(alice.id)
+    assert left.id == first.id and left.is_default
+    assert gateway.card_details(second_stripe_id).customer is None  # detached at Stripe
+    assert "•••• 4444 removed." in alice_client.get("/payment-methods").get_data(as_text=True)
+    last = alice_client.get(f"/payment-methods/{first.id}/remove").get_data(as_text=True)
+    assert "This is your only card." in last
+
+
+def test_another_customers_card_is_404_everywhere(alice, alice_client, bob):
+    theirs = add_card(bob)
+    token = csrf_from(alice_client, "/payment-methods")
+    assert alice_client.post(f"/payment-methods/{theirs.id}/default", data={"csrf_token": token}).status_code == 404
+    assert alice_client.get(f"/payment-methods/{theirs.id}/remove").status_code == 404
+    assert alice_client.post(f"/payment-methods/{theirs.id}/remove", data={"csrf_token": token}).status_code == 404
+    assert "4242" not in alice_client.get("/payment-methods").get_data(as_text=True)
+    [kept] = methods(bob.id)
+    assert kept.id == theirs.id and kept.is_default
+    # Nor can Alice claim Bob's Stripe card by posting its id.
+    response = alice_client.post("/payment-methods", data={"csrf_token": token,
+                                                           "payment_method_id": theirs.stripe_payment_method_id})
+    assert response.status_code == 422 and methods(alice.id) == []
+
+
+# --- the real page in a browser: Stripe.js glue end to end ------------------------------------------
+
+@pytest.fixture
+def live_server(app):
+    """The app served over HTTP from a thread, as a browser needs."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    db.session.commit()  # the test's transaction must not hold SQLite's write lock
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(5)
+
+
+@pytest.fixture
+def browser_page():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    import shutil
+
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    with playwright_api.sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        except Exception as exc:  # noqa: BLE001
+            pytest.skip(f"chromium not available: {exc}")
+        page = browser.new_page()
+        page.set_default_timeout(10_000)
+        yield page
+        browser.close()
+
+
+def _fill_card(page, number: str) -> None:
+    page.fill("#card-element input[placeholder=number]", number)
+    page.fill("#card-element input[placeholder=exp_month]", "12")
+    page.fill("#card-element input[placeholder=exp_year]", "31")
+    page.fill("#card-element input[placeholder=cvc]", "123")
+    page.fill("#card-element input[placeholder=postal_code]", "10001")
+
+
+@pytest.mark.browser
+def test_adding_cards_in_a_browser(alice, live_server, browser_page):
+    page = browser_page
+    page.goto(f"{live_server}/login")
+    page.fill("#email", "demo@portal.test")
+    page.fill("#password", "demo-password-1")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/home")
+    page.goto(f"{live_server}/payment-methods")
+
+    _fill_card(page, DECLINED_AT_SETUP)
+    page.click("#card-submit")
+    page.wait_for_function("document.getElementById('card-errors').textContent.length > 0")
+    assert page.text_content("#card-errors") == "Your card was declined."
+
+    _fill_card(page, NEEDS_AUTH)
+    page.click("#card-submit")
+    page.click("text=Fail authentication")  # localstripe's 3-D Secure prompt
+    page.wait_for_function("document.getElementById('card-errors').textContent.includes('authentication')")
+    assert "authentication failed" in page.text_content("#card-errors")
+
+    _fill_card(page, "4242424242424242")
+    page.click("#card-submit")
+    page.wait_for_selector("text=Visa •••• 4242 saved.")
+    assert "Default" in page.text_content(".card-list")
+    db.session.rollback()
+    assert [(m.last4, m.is_default) for m in methods(alice.id)] == [("4242", True)]
+    db.session.commit()
+
+
+@pytest.mark.browser
+def test_without_javascript_cards_are_still_managed(alice, live_server, browser_page):
+    add_card(alice)
+    db.session.commit()
+    context = browser_page.context.browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(f"{live_server}/login")
+    page.fill("#email", "demo@portal.test")
+    page.fill("#password", "demo-password-1")
+    page.click("button[type=submit]")
+    page.goto(f"{live_server}/payment-methods")
+    # (Chromium still parses <noscript> as text with JS off in Playwright; the server test checks it.)
+    assert page.is_hidden("#card-submit")
+    page.click("text=Remove")
+    page.click("button:has-text('Remove card')")
+    page.wait_for_selector("text=Visa •••• 4242 removed.")
+    db.session.rollback()
+    assert methods(alice.id) == []
+    db.session.commit()
+    context.close()
+
+
+@pytest.mark.browser
+def test_a_top_up_the_bank_must_confirm_in_a_browser(alice, live_server, browser_page):
+    add_card(alice, NEEDS_AUTH)
+    db.session.commit()
+    page = browser_page
+    page.goto(f"{live_server}/login")
+    page.fill("#email", "demo@portal.test")
+    page.fill("#password", "demo-password-1")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/home")
+    page.goto(f"{live_server}/wallet")
+    page.fill("#amount", "30")
+    page.click("button:has-text('Add funds')")
+    page.wait_for_url("**/wallet/topups/*")
+    assert page.is_visible("text=Your bank asks you to confirm this payment.")
+    page.click("#confirm-button")
+    page.click("text=Complete authentication")  # localstripe's 3-D Secure prompt
+    page.wait_for_url("**/wallet")
+    assert page.is_visible("text=$30.00 added to your wallet.")
+    assert page.text_content("[data-testid=balance]") == "$30.00"

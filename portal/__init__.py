@@ -57,7 +57,7 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from portal.blueprints import auth, health
+    from portal.blueprints import auth, health, webhooks
     from portal.blueprints.api import bp as api_bp
     from portal.blueprints.customer import bp as customer_bp
     from portal.blueprints.staff import bp as staff_bp
@@ -67,12 +67,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_bp)
     app.register_blueprint(customer_bp)
     app.register_blueprint(staff_bp, url_prefix="/staff")
-    import importlib.util
-
-    if importlib.util.find_spec("portal.blueprints.webhooks"):  # being written: registered once it exists
-        from portal.blueprints import webhooks
-
-        app.register_blueprint(webhooks.bp)
+    app.register_blueprint(webhooks.bp)
 
 
 def register_errorhandlers(app: Flask) -> None:

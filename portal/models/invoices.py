@@ -36,6 +36,8 @@ class Invoice(db.Model):
     __table_args__ = (
         sa.CheckConstraint("amount_paid >= 0", name="amount_paid_not_negative"),
         sa.Index("ix_invoices_user_created", "user_id", "created_at"),
+        # The invoice list pages by keyset on id, newest first.
+        sa.Index("ix_invoices_user_id_desc", "user_id", "id"),
         sa.Index("ix_invoices_status_due", "status", "due_at"),
         sa.Index("ix_invoices_subscription", "subscription_id"),
     )

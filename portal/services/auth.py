@@ -53,6 +53,18 @@ def init_login_manager(manager: LoginManager) -> None:
     manager.login_message_category = "info"
     manager.session_protection = "strong"
     manager.user_loader(load_user)
+    manager.unauthorized_handler(_unauthorized)
+
+
+def _unauthorized():
+    """Browsers go to the login page; an htmx request (a polling meter, say) is told to send them there."""
+    from flask import flash, redirect, request, url_for
+
+    target = url_for("auth.login", next=request.full_path if request.method == "GET" else None)
+    if request.headers.get("HX-Request"):
+        return "", 401, {"HX-Redirect": target}
+    flash("Please log in to continue.", "info")
+    return redirect(target)
 
 
 def load_user(session_id: str) -> User | None:

@@ -7,6 +7,7 @@ from portal.clock import now
 from portal.extensions import db
 from portal.models import PaymentMethod, User
 from portal.payments import gateway
+from portal.payments.errors import PaymentError
 from portal.services.payments import ensure_customer
 
 
@@ -22,8 +23,20 @@ def start_setup(user: User) -> tuple[str, str]:
     return gateway.create_setup_intent(ensure_customer(user))
 
 
-def save(user: User, stripe_payment_method_id: str) -> PaymentMethod:
-    """Attach the card to the user's Stripe customer and keep its display details; idempotent."""
+class SetupNotConfirmed(PaymentError):
+    def __init__(self) -> None:
+        from portal.models.errors import RetryStrategy
+
+        super().__init__("setup_not_confirmed", "The card was not confirmed with your bank. Please try again.",
+                         RetryStrategy.MANUAL)
+
+
+def save(user: User, stripe_payment_method_id: str, *, setup_intent_id: str | None = None) -> PaymentMethod:
+    """Attach the card to the user's Stripe customer and keep its display details; idempotent.
+
+    From the browser, `setup_intent_id` is required: the card is kept only if that SetupIntent
+    belongs to this customer, succeeded, and set up this very card.
+    """
     existing = db.session.scalar(
         sa.select(PaymentMethod).where(PaymentMethod.stripe_payment_method_id == stripe_payment_method_id)
     )
@@ -31,6 +44,11 @@ def save(user: User, stripe_payment_method_id: str) -> PaymentMethod:
         if existing.user_id != user.id:
             raise LookupError("no such payment method")
         return existing
+    if setup_intent_id is not None:
+        intent = gateway.retrieve_setup_intent(setup_intent_id)
+        if (intent.customer != ensure_customer(user) or intent.status != "succeeded"
+                or intent.payment_method != stripe_payment_method_id):
+            raise SetupNotConfirmed()
     card = gateway.attach_payment_method(stripe_payment_method_id, ensure_customer(user))
     first = not list_methods(user.id)
     method = PaymentMethod(

@@ -150,3 +150,12 @@ def test_the_demo_logins_printed_by_seed_demo_work(app, catalog):
                                   ("staff@portal.test", "staff-password-1", "/staff/")]:
         response = AuthActions(app.test_client()).login(email, password)
         assert response.status_code == 302 and response.headers["Location"] == home
+
+
+def test_an_htmx_request_without_a_session_is_told_to_go_to_the_login_page(client, catalog):
+    """The usage meters poll every 10 s: when the session ends they must not swap the login page in."""
+    response = client.get("/usage/meters", headers={"HX-Request": "true"})
+    assert response.status_code == 401
+    assert response.headers["HX-Redirect"].startswith("/login?next=/usage/meters")
+    plain = client.get("/usage")
+    assert plain.status_code == 302 and plain.headers["Location"].startswith("/login?next=")

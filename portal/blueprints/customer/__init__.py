@@ -3,4 +3,14 @@ from flask import Blueprint
 
 bp = Blueprint("customer", __name__)
 
-from portal.blueprints.customer import routes  # noqa: E402,F401
+# Importing the page modules registers their views on `bp`.
+from portal.blueprints.customer import (  # noqa: E402,F401
+    api_keys,
+    invoices,
+    payment_methods,
+    plans,
+    routes,
+    subscription,
+    usage,
+    wallet,
+)

@@ -22,6 +22,11 @@ class SaveCardForm(FlaskForm):
         DataRequired("The card details did not reach us. Try again."),
         Length(max=64), Regexp(r"^pm_[A-Za-z0-9_]+$", message="That is not a Stripe card id."),
     ])
+    #: The SetupIntent Stripe.js confirmed: the server checks it succeeded for this very card.
+    setup_intent_id = HiddenField("Setup", validators=[
+        DataRequired("The card details did not reach us. Try again."),
+        Length(max=64), Regexp(r"^seti_[A-Za-z0-9_]+$", message="That is not a Stripe setup id."),
+    ])
 
 
 class CardActionForm(FlaskForm):
@@ -86,7 +91,7 @@ def payment_method_save():
         return _render(form, 422)
     user = current_user._get_current_object()
     try:
-        method = payment_methods.save(user, form.payment_method_id.data)
+        method = payment_methods.save(user, form.payment_method_id.data, setup_intent_id=form.setup_intent_id.data)
     except LookupError:
         db.session.rollback()
         return _render(form, 422, save_error="That card is saved on another account.")

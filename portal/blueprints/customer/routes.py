@@ -23,11 +23,3 @@ def home():
     subscription = subscriptions.live_subscription(current_user.id)
     account = wallet.get_wallet(current_user.id, current_user.currency)
     return render_template("customer/home.html", subscription=subscription, wallet=account)
-
-from portal.blueprints.customer import payment_methods as _payment_methods_pages  # noqa: E402,F401
-from portal.blueprints.customer import wallet as _wallet_pages  # noqa: E402,F401
-from portal.blueprints.customer import usage as _usage_pages  # noqa: E402,F401
-from portal.blueprints.customer import api_keys as _api_keys_pages  # noqa: E402,F401
-from portal.blueprints.customer import plans as _plans_pages  # noqa: E402,F401
-from portal.blueprints.customer import subscription as _subscription_pages  # noqa: E402,F401
-from portal.blueprints.customer import invoices as _invoices_pages  # noqa: E402,F401

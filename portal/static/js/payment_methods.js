@@ -47,6 +47,7 @@
         }
         const input = form.querySelector('input[name="payment_method_id"]');
         input.value = result.setupIntent.payment_method;
+        form.querySelector('input[name="setup_intent_id"]').value = result.setupIntent.id;
         form.submit();
       } catch (error) {
         errors.textContent = messageOf(error);

@@ -82,7 +82,7 @@ def test_a_card_confirmed_by_stripe_js_is_saved_as_the_default(alice, alice_clie
     status, intent = confirm_setup(stripe_server.url, secret, "4242424242424242")
     assert status == 200 and intent["status"] == "succeeded"
     token = csrf_from(alice_client, "/payment-methods")
-    response = alice_client.post("/payment-methods", data={"csrf_token": token,
+    response = alice_client.post("/payment-methods", data={"csrf_token": token, "setup_intent_id": intent["id"],
                                                            "payment_method_id": intent["payment_method"]})
     assert response.status_code == 303 and response.headers["Location"].endswith("/payment-methods")
     [method] = methods(alice.id)
@@ -91,7 +91,8 @@ def test_a_card_confirmed_by_stripe_js_is_saved_as_the_default(alice, alice_clie
     page = alice_client.get("/payment-methods").get_data(as_text=True)
     assert "Visa •••• 4242 saved. It is your default card." in page
     # Posting the same card again (a double submit) keeps one row.
-    alice_client.post("/payment-methods", data={"csrf_token": token, "payment_method_id": intent["payment_method"]})
+    alice_client.post("/payment-methods", data={"csrf_token": token, "setup_intent_id": intent["id"],
+                                                "payment_method_id": intent["payment_method"]})
     assert len(methods(alice.id)) == 1
 
 
@@ -102,22 +103,35 @@ def test_a_card_declined_at_setup_is_refused_by_stripe_js_with_its_message(alice
     assert methods(alice.id) == []
 
 
-def test_a_declined_card_posted_to_the_server_shows_a_clear_message(alice, alice_client):
-    pm = gateway.client().v1.payment_methods.create(params={"type": "card", "card": {
-        "number": DECLINED_AT_SETUP, "exp_month": 12, "exp_year": 2031, "cvc": "123"}})
+def test_a_card_whose_setup_did_not_succeed_is_not_saved(alice, alice_client, stripe_server):
+    """A hand-made POST of a card whose bank authentication never completed is refused."""
+    status, intent = confirm_setup(stripe_server.url, start_setup(alice_client), "4000002500003155")
+    assert status == 200 and intent["status"] == "requires_action"
     token = csrf_from(alice_client, "/payment-methods")
-    response = alice_client.post("/payment-methods", data={"csrf_token": token, "payment_method_id": pm.id})
+    response = alice_client.post("/payment-methods", data={"csrf_token": token, "setup_intent_id": intent["id"],
+                                                           "payment_method_id": intent["payment_method"]})
     assert response.status_code == 402
     html = response.get_data(as_text=True)
-    assert "The card was not saved." in html and "Your card was declined." in html
+    assert "The card was not saved." in html and "not confirmed with your bank" in html
     assert methods(alice.id) == []
+
+
+def test_a_setup_for_another_card_does_not_vouch_for_this_one(alice, alice_client, stripe_server):
+    status, intent = confirm_setup(stripe_server.url, start_setup(alice_client), "4242424242424242")
+    other = gateway.client().v1.payment_methods.create(params={"type": "card", "card": {
+        "number": "4000000000000341", "exp_month": 12, "exp_year": 2031, "cvc": "123"}})
+    token = csrf_from(alice_client, "/payment-methods")
+    response = alice_client.post("/payment-methods", data={"csrf_token": token, "setup_intent_id": intent["id"],
+                                                           "payment_method_id": other.id})
+    assert response.status_code == 402 and methods(alice.id) == []
 
 
 @pytest.mark.parametrize("value, message", [("", "did not reach us"), ("tok_123", "not a Stripe card id"),
                                             ("pm_" + "x" * 70, "")])
 def test_a_bad_payment_method_id_is_a_form_error(alice, alice_client, value, message):
     token = csrf_from(alice_client, "/payment-methods")
-    response = alice_client.post("/payment-methods", data={"csrf_token": token, "payment_method_id": value})
+    response = alice_client.post("/payment-methods", data={"csrf_token": token, "payment_method_id": value,
+                                                           "setup_intent_id": "seti_123"})
     assert response.status_code == 422
     assert "The card was not saved." in response.get_data(as_text=True)
     assert message in response.get_data(as_text=True)
@@ -166,7 +180,7 @@ def test_another_customers_card_is_404_everywhere(alice, alice_client, bob):
     [kept] = methods(bob.id)
     assert kept.id == theirs.id and kept.is_default
     # Nor can Alice claim Bob's Stripe card by posting its id.
-    response = alice_client.post("/payment-methods", data={"csrf_token": token,
+    response = alice_client.post("/payment-methods", data={"csrf_token": token, "setup_intent_id": "seti_123",
                                                            "payment_method_id": theirs.stripe_payment_method_id})
     assert response.status_code == 422 and methods(alice.id) == []
 

@@ -265,3 +265,58 @@ def staff_client(app, catalog) -> FlaskClient:
     client = app.test_client()
     assert AuthActions(client).login("staff@portal.test", "staff-password-1").status_code == 302
     return client
+
+
+# --- real HTTP and a real browser -------------------------------------------------------------------
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+
+
+@pytest.fixture
+def live_server(app):
+    """The app served over HTTP on 127.0.0.1 from a thread (for browsers and webhook deliveries)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    db.session.commit()  # the test's transaction must not hold SQLite's write lock
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args():
+    """pytest-playwright launches Debian's chromium (never a downloaded browser), headless."""
+    import os
+
+    return {
+        "executable_path": os.environ.get("PORTAL_CHROMIUM", "/usr/bin/chromium"),
+        "headless": True,
+        "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+    }
+
+
+@pytest.fixture
+def browser_page(page):
+    """A fresh browser page (pytest-playwright's), with a 10 s default timeout."""
+    page.set_default_timeout(10_000)
+    return page
+
+
+@pytest.fixture
+def shot(request):
+    """shot(page, "name") saves a full-page screenshot under test-artifacts/screenshots/."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    counter = iter(range(1, 100))
+
+    def take(page, name: str) -> Path:
+        path = SCREENSHOTS / f"{request.node.name}-{next(counter):02d}-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take

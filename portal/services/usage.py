@@ -12,7 +12,6 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
 from portal.billing.features import FeatureType
 from portal.billing.periods import IntervalUnit, Period, period_at, window_bounds
@@ -21,7 +20,7 @@ from portal.clock import now
 from portal.extensions import db
 from portal.models import Feature, Plan, PlanFeature, Subscription, UsageCounter, UsageDaily, UsageEvent
 from portal.billing.lifecycle import LIVE_STATUSES
-from portal.services.subscriptions import default_plan, live_subscription
+from portal.services.subscriptions import default_plan
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 

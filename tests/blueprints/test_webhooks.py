@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -301,17 +300,7 @@ def test_a_failing_handler_is_recorded_answered_500_and_handled_on_redelivery(cl
 
 # --- end to end: localstripe delivers the webhook -------------------------------------------------
 
-@pytest.fixture
-def live_server(app):
-    """The app on a real HTTP port, so localstripe can deliver webhooks to it."""
-    from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
 
 
 def _register_webhook(stripe_url: str, name: str, url: str, secret: str) -> None:

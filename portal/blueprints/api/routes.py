@@ -17,7 +17,7 @@ from portal.blueprints.api.schemas import (
     RecordRequest, Refusal, Restriction, SubscriptionView, UsageHistory, UsageRequest, UsageSummary,
 )
 from portal.extensions import db
-from portal.models import Feature, Plan, PlanFeature
+from portal.models import Plan, PlanFeature
 from portal.services import api_keys, idempotency, meters, usage
 from portal.services.subscriptions import live_subscription
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import urllib.error
 import urllib.request
 
@@ -187,35 +186,10 @@ def test_another_customers_card_is_404_everywhere(alice, alice_client, bob):
 
 # --- the real page in a browser: Stripe.js glue end to end ------------------------------------------
 
-@pytest.fixture
-def live_server(app):
-    """The app served over HTTP from a thread, as a browser needs."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    db.session.commit()  # the test's transaction must not hold SQLite's write lock
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(5)
 
 
-@pytest.fixture
-def browser_page():
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    import shutil
 
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
-    with playwright_api.sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        except Exception as exc:  # noqa: BLE001
-            pytest.skip(f"chromium not available: {exc}")
-        page = browser.new_page()
-        page.set_default_timeout(10_000)
-        yield page
-        browser.close()
+
 
 
 def _fill_card(page, number: str) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import urllib.parse
 import urllib.request
 from datetime import timedelta
@@ -317,52 +316,32 @@ def test_subscription_pages_need_a_login(client, catalog, url):
     assert response.status_code == 302 and "/login" in response.headers["Location"]
 
 
-@pytest.fixture
-def live_server(app):
-    """The app served over HTTP in a thread, for a real browser (requests get their own app contexts)."""
-    import threading
 
-    from werkzeug.serving import make_server
-
-    db.session.commit()
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.socket.getsockname()[1]}"
-    server.shutdown()
-    thread.join(5)
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian chromium")
-def test_in_a_browser_calculator_swaps_errors_and_3d_secure_upgrades(alice, stripe_server, live_server):
-    from playwright.sync_api import sync_playwright
-
+def test_in_a_browser_calculator_swaps_errors_and_3d_secure_upgrades(alice, stripe_server, live_server,
+                                                                      browser_page):
     add_card(alice, THREE_D_SECURE)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(f"{live_server}/login")
-            page.fill("#email", "demo@portal.test")
-            page.fill("#password", "demo-password-1")
-            page.click("button[type=submit]")
-            # htmx swaps the 422 answer in, so the field error shows without leaving the page.
-            page.goto(f"{live_server}/plans")
-            page.fill("#seats", "-1")
-            page.click("#calculator button[type=submit]")
-            page.wait_for_selector("#seats-error", timeout=5000)
-            assert page.url == f"{live_server}/plans"
-            page.fill("#seats", "150")
-            page.click("#calculator button[type=submit]")
-            page.wait_for_selector("#estimate-business", timeout=5000)
-            assert "$1,249.00" in page.inner_text("#estimate-business .estimate-total")
-            # Upgrade with a card whose bank asks for 3-D Secure: localstripe's Stripe.js shows its dialog.
-            page.goto(f"{live_server}/subscription/change/premium")
-            page.click("text=Pay $9.99 and upgrade")
-            page.click("text=Complete authentication", timeout=10_000)
-            page.wait_for_url(f"{live_server}/subscription", timeout=10_000)
-            assert "You are now on the Premium plan" in page.inner_text(".flashes")
-        finally:
-            browser.close()
+    page = browser_page
+    page.goto(f"{live_server}/login")
+    page.fill("#email", "demo@portal.test")
+    page.fill("#password", "demo-password-1")
+    page.click("button[type=submit]")
+    # htmx swaps the 422 answer in, so the field error shows without leaving the page.
+    page.goto(f"{live_server}/plans")
+    page.fill("#seats", "-1")
+    page.click("#calculator button[type=submit]")
+    page.wait_for_selector("#seats-error", timeout=5000)
+    assert page.url == f"{live_server}/plans"
+    page.fill("#seats", "150")
+    page.click("#calculator button[type=submit]")
+    page.wait_for_selector("#estimate-business", timeout=5000)
+    assert "$1,249.00" in page.inner_text("#estimate-business .estimate-total")
+    # Upgrade with a card whose bank asks for 3-D Secure: localstripe's Stripe.js shows its dialog.
+    page.goto(f"{live_server}/subscription/change/premium")
+    page.click("text=Pay $9.99 and upgrade")
+    page.click("text=Complete authentication", timeout=10_000)
+    page.wait_for_url(f"{live_server}/subscription", timeout=10_000)
+    assert "You are now on the Premium plan" in page.inner_text(".flashes")
     assert _sub(alice).plan.code == "premium"

@@ -14,7 +14,7 @@ VENDOR_FILES := portal/static/vendor/htmx.min.js portal/static/vendor/chart.umd.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test clean
+.PHONY: install run test bench clean
 
 install: .stamp-python $(VENDOR_FILES)
 
@@ -43,6 +43,11 @@ test: install
 	@$(VPY) -m pytest -p no:cacheprovider $(PYTEST_ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$code
+
+# Benchmarks (not tests): need ApacheBench (`apt-get install apache2-utils`) for the API one.
+bench: install
+	$(VPY) bench/pages.py --backend both
+	$(VPY) bench/usage_api.py --backend both
 
 clean:
 	rm -rf .stamp-python .stamp-npm node_modules portal/static/vendor

@@ -1,0 +1,66 @@
+"""Enqueue after commit (DESIGN §3.7): a committed change enqueues its job; a rolled-back one sends nothing."""
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+
+from portal.embedded import EmbeddedRedis
+from portal.extensions import db
+from portal.models import OutboxMessage
+from portal.services import outbox
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def app_config(request):
+    if "redis_server" in request.fixturenames:
+        return {"REDIS_URL": request.getfixturevalue("redis_server").url}
+    return {}
+
+
+@pytest.fixture
+def redis_conn(redis_server):
+    conn = Redis.from_url(redis_server.url)
+    conn.flushall()
+    yield conn
+    conn.close()
+
+
+def test_a_committed_transaction_enqueues_its_job(app, redis_server, redis_conn):
+    message = outbox.enqueue_after_commit("worker.maintenance.purge_expired", queue_name="default", job_id="j-1")
+    assert not Job.exists("j-1", connection=redis_conn)  # not before the commit
+    db.session.commit()
+    assert Job.exists("j-1", connection=redis_conn)
+    assert Queue("default", connection=redis_conn).job_ids == ["j-1"]
+    assert db.session.get(OutboxMessage, message.id).enqueued_at is not None
+
+
+def test_a_rolled_back_transaction_enqueues_nothing(app, redis_server, redis_conn):
+    outbox.enqueue_after_commit("worker.maintenance.purge_expired", job_id="j-2")
+    db.session.rollback()
+    db.session.commit()  # a later, unrelated commit must not send it either
+    assert not Job.exists("j-2", connection=redis_conn)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(OutboxMessage)) == 0
+
+
+def test_with_redis_down_the_message_waits_for_the_sweep(app, redis_server, redis_conn):
+    app.config["REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+    app.extensions["redis"] = None
+    outbox.enqueue_after_commit("worker.maintenance.purge_expired", job_id="j-3")
+    db.session.commit()  # does not raise: the change is committed, the job waits
+    pending = db.session.scalar(sa.select(OutboxMessage).where(OutboxMessage.job_id == "j-3"))
+    assert pending.enqueued_at is None
+    db.session.commit()  # end the read (on SQLite it would hold the lock the dispatcher needs)
+    app.config["REDIS_URL"] = redis_server.url
+    app.extensions["redis"] = None
+    assert outbox.dispatch_pending() == 1
+    assert Job.exists("j-3", connection=redis_conn)
+    assert outbox.dispatch_pending() == 0  # sent once

@@ -118,8 +118,11 @@ def drive(port: int, path: str, keys: list[str], total: int, concurrency: int, w
                 completed += int(line.split()[-1])
             elif line.startswith("Non-2xx responses:"):
                 non2xx += int(line.split()[-1])
-            elif line.startswith("Failed requests:"):
-                failed += int(line.split()[-1])
+            elif line.strip().startswith("(Connect:"):
+                # ab counts answers of a different length than the first as "failed (Length)";
+                # the meter in our answers grows, so only connection-level failures count here.
+                parts = dict(p.split(": ") for p in line.strip(" ()").split(", "))
+                failed += int(parts["Connect"]) + int(parts["Receive"]) + int(parts["Exceptions"])
         rows = timings.read_text().splitlines()[1:]
         latencies += [int(r.split("\t")[4]) for r in rows if r.strip()]  # ttime, ms
     latencies.sort()

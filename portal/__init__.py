@@ -65,6 +65,10 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(api_bp)
+    # The API's limits are the plan's RATE features, enforced per customer by the usage service.
+    from portal.extensions import limiter
+
+    limiter.exempt(api_bp)
     app.register_blueprint(customer_bp)
     app.register_blueprint(staff_bp, url_prefix="/staff")
     app.register_blueprint(webhooks.bp)

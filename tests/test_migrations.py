@@ -41,3 +41,23 @@ def test_upgrade_on_an_empty_database_matches_the_models(empty_database, tmp_pat
             "wallet_entries", "invoices", "invoice_lines", "payments", "refunds", "payment_methods", "usage_counters",
             "usage_events", "usage_daily", "operation_errors", "retry_attempts", "email_log", "audit_log", "api_keys",
             "idempotency_records", "webhook_events", "outbox"} <= tables
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgres"], indirect=True)
+def test_exact_decimals_come_back_plain_on_both_backends(app):
+    """NUMERIC(24,10) must not show up as 8.0000000000 (nor 100 as 1E+2) on the pages."""
+    from decimal import Decimal
+
+    from portal.billing.features import FeatureType
+    from portal.billing.pricing import PricingModel
+    from portal.models import PlanFeature
+    from portal.services import catalog
+
+    plan = catalog.create_plan("p", "P", price_amount=0)
+    feature = catalog.get_or_create_feature("f", "F", FeatureType.USAGE)
+    pf = catalog.grant(plan, feature, pricing_model=PricingModel.PACKAGE, package_size=500,
+                       package_price=Decimal("100"), unit_price=Decimal("0.0005"))
+    db.session.commit()
+    db.session.expire_all()
+    pf = db.session.get(PlanFeature, pf.id)
+    assert str(pf.package_price) == "100" and str(pf.unit_price) == "0.0005"

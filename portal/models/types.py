@@ -60,7 +60,14 @@ class ExactDecimal(TypeDecorator):
     def process_result_value(self, value, dialect):
         if value is None:
             return None
-        return Decimal(value).normalize() if dialect.name == "sqlite" else Decimal(value)
+        return plain_decimal(Decimal(value))
+
+
+def plain_decimal(value: Decimal) -> Decimal:
+    """Drop trailing zeros (NUMERIC(24,10) gives 8.0000000000) without going to exponent form (1E+2)."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()
 
 
 def enum_column(enum_cls: type[enum.Enum], name: str) -> sa.Enum:

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.orm.attributes import set_committed_value
 
 from portal.clock import now
 from portal.extensions import db
 from portal.models import ApiKey, User
+from portal.services import usage_sql
 
 PREFIX = "sp_live_"
 
@@ -35,22 +39,43 @@ def create(user: User, name: str) -> tuple[ApiKey, str]:
     return key, raw
 
 
-def authenticate(raw: str) -> tuple[ApiKey, User] | None:
-    """The active key and its user for a raw key, or None (unknown or revoked)."""
+@dataclass(frozen=True)
+class AuthenticatedKey:
+    """The few columns of an active key the API needs: its id and when it was last used."""
+
+    id: int
+    user_id: int
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ApiUser:
+    """The key's owner as the API sees it (g.api_user): only the id is used."""
+
+    id: int
+
+
+def authenticate(raw: str) -> tuple[AuthenticatedKey, ApiUser] | None:
+    """The active key and its user for a raw key, or None (unknown, revoked, or the account is disabled).
+
+    One prebuilt Core SELECT of the needed columns, run on every API call and never cached, so a
+    revoked key or a disabled account is refused on the very next request.
+    """
     if not raw or not raw.startswith(PREFIX) or len(raw) > 200:
         return None
-    row = db.session.execute(
-        sa.select(ApiKey, User).join(User, User.id == ApiKey.user_id)
-        .where(ApiKey.key_hash == _digest(raw), ApiKey.revoked_at.is_(None), User.is_active_account.is_(True))
-    ).first()
-    return None if row is None else (row[0], row[1])
+    row = usage_sql.connection().execute(usage_sql.API_KEY_BY_HASH, {"p_hash": _digest(raw)}).first()
+    if row is None:
+        return None
+    return AuthenticatedKey(row.id, row.user_id, row.last_used_at), ApiUser(row.user_id)
 
 
-def touch(key: ApiKey) -> None:
+def touch(key: ApiKey | AuthenticatedKey) -> None:
     """Note the key's use, at most once a minute (a write per API call would be a hot row)."""
     at = now()
     if key.last_used_at is None or (at - key.last_used_at).total_seconds() >= 60:
-        db.session.execute(sa.update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=at))
+        usage_sql.connection().execute(usage_sql.TOUCH_API_KEY, {"p_key": key.id, "p_at": at})
+        if isinstance(key, ApiKey):  # keep a loaded ORM row in step, as an ORM update would
+            set_committed_value(key, "last_used_at", at)
 
 
 def list_keys(user_id: int) -> list[ApiKey]:

@@ -3,24 +3,30 @@
 QUOTA and RATE records are accepted only by a conditional increment of the counter
 (`used + n <= limit + bonus`), so parallel requests cannot pass a limit. Meters read the
 counters, never the event log.
+
+`check` and `record` are the usage API's hot path, so they run prebuilt Core statements
+(services.usage_sql) on the session's connection and resolve the entitlement into small frozen
+values instead of ORM objects: statement building and ORM loading cost several times more
+Python than the database work. Nothing is cached between calls.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from functools import cached_property
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from portal.billing.features import FeatureType
+from portal.billing.features import FeatureType, RateWindow
 from portal.billing.periods import IntervalUnit, Period, period_at, window_bounds
 from portal.billing.pricing import Pricing, PricingModel, Tier, build_pricing
 from portal.clock import now
 from portal.extensions import db
-from portal.models import Feature, Plan, PlanFeature, Subscription, UsageCounter, UsageDaily, UsageEvent
-from portal.billing.lifecycle import LIVE_STATUSES
-from portal.services.subscriptions import default_plan
+from portal.models import Feature, Plan, PlanFeature, Subscription, UsageCounter
+from portal.services import usage_sql
+from portal.services.subscriptions import NoDefaultPlan
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
@@ -33,14 +39,64 @@ class UsageError(Exception):
         self.code, self.message, self.field = code, message, field
 
 
+# The entitlement as plain values: the columns check/record need, read by one Core SELECT.
+# They offer the same attribute names as the ORM models, so Entitlement, pricing_for and the
+# API routes take either.
+
+@dataclass(frozen=True)
+class FeatureValues:
+    id: int
+    code: str
+    name: str
+    type: FeatureType
+    unit_name: str
+
+
+@dataclass(frozen=True)
+class PlanValues:
+    id: int
+    code: str
+    name: str
+    currency: str
+
+
+@dataclass(frozen=True)
+class SubscriptionValues:
+    id: int
+    current_period_start: datetime
+    current_period_end: datetime
+
+
+@dataclass(frozen=True)
+class PlanFeatureValues:
+    id: int
+    enabled: bool
+    limit: int | None
+    window: RateWindow | None
+    overage_allowed: bool
+    pricing_model: PricingModel | None
+    unit_price: Decimal | None
+    free_units: int
+    package_size: int | None
+    package_price: Decimal | None
+
+    @cached_property
+    def tiers(self) -> list[sa.Row]:
+        """The tier table (first_unit, last_unit, unit_price, flat_fee), read only if a pricing needs it."""
+        return list(usage_sql.connection().execute(usage_sql.TIERS, {"p_plan_feature": self.id}))
+
+
 @dataclass(frozen=True)
 class Entitlement:
-    """What the customer's current plan grants of one feature."""
+    """What the customer's current plan grants of one feature.
 
-    feature: Feature
-    plan: Plan
-    plan_feature: PlanFeature | None
-    subscription: Subscription | None
+    Duck-typed: the parts are ORM objects (meters, packages) or the *Values above (check, record).
+    """
+
+    feature: Feature | FeatureValues
+    plan: Plan | PlanValues
+    plan_feature: PlanFeature | PlanFeatureValues | None
+    subscription: Subscription | SubscriptionValues | None
 
     @property
     def enabled(self) -> bool:
@@ -81,30 +137,50 @@ class UsageResult:
     extra: dict = field(default_factory=dict)
 
 
-def entitlement(user_id: int, feature_code: str) -> Entitlement:
-    """Resolve a feature code against the customer's live subscription (or the default plan), in one query."""
-    live = sa.and_(Subscription.user_id == user_id, Subscription.status.in_(LIVE_STATUSES))
-    row = db.session.execute(
-        sa.select(Feature, Subscription, PlanFeature)
-        .select_from(Feature)
-        .outerjoin(Subscription, live)
-        .outerjoin(PlanFeature, sa.and_(PlanFeature.plan_id == Subscription.plan_id,
-                                        PlanFeature.feature_id == Feature.id))
-        .where(Feature.code == feature_code)
-    ).first()
+def light_entitlement(user_id: int, feature_code: str) -> Entitlement:
+    """Resolve a feature code against the customer's live subscription (or the default plan).
+
+    One Core SELECT into frozen values; the tier table is read later only if a pricing needs it.
+    Raises UsageError for an unknown feature and NoDefaultPlan when there is no plan to fall back on.
+    """
+    return _resolve(usage_sql.connection(), user_id, feature_code)
+
+
+def _resolve(conn: sa.Connection, user_id: int, feature_code: str) -> Entitlement:
+    row = conn.execute(usage_sql.ENTITLEMENT, {"p_user": user_id, "p_code": feature_code}).first()
     if row is None:
         raise UsageError("unknown_feature", f"there is no feature called {feature_code!r}", "feature")
-    feature, subscription, plan_feature = row
-    if subscription is not None:
-        return Entitlement(feature, subscription.plan, plan_feature, subscription)
-    plan = default_plan()
-    plan_feature = db.session.scalar(
-        sa.select(PlanFeature).where(PlanFeature.plan_id == plan.id, PlanFeature.feature_id == feature.id)
+    if row.plan_id is None:  # no live subscription and no default plan
+        raise NoDefaultPlan("no default plan: mark one plan as the default (Free) plan")
+    return Entitlement(
+        FeatureValues(row.feature_id, row.feature_code, row.feature_name, row.feature_type, row.unit_name),
+        PlanValues(row.plan_id, row.plan_code, row.plan_name, row.currency),
+        None if row.plan_feature_id is None else PlanFeatureValues(
+            row.plan_feature_id, row.enabled, row.limit, row.window, row.overage_allowed, row.pricing_model,
+            row.unit_price, row.free_units, row.package_size, row.package_price,
+        ),
+        None if row.subscription_id is None else SubscriptionValues(
+            row.subscription_id, row.current_period_start, row.current_period_end,
+        ),
     )
-    return Entitlement(feature, plan, plan_feature, None)
 
 
-def pricing_for(plan_feature: PlanFeature | None) -> Pricing | None:
+def entitlement(user_id: int, feature_code: str) -> Entitlement:
+    """The entitlement with ORM objects, for callers that follow relationships (e.g. plan_feature.feature).
+
+    Resolved by the same query as light_entitlement, so the rule for which plan applies lives in one place.
+    """
+    light = light_entitlement(user_id, feature_code)
+    get = db.session.get
+    return Entitlement(
+        get(Feature, light.feature.id),
+        get(Plan, light.plan.id),
+        None if light.plan_feature is None else get(PlanFeature, light.plan_feature.id),
+        None if light.subscription is None else get(Subscription, light.subscription.id),
+    )
+
+
+def pricing_for(plan_feature: PlanFeature | PlanFeatureValues | None) -> Pricing | None:
     """The pricing model configured on a plan feature, or None when it is not priced."""
     if plan_feature is None or plan_feature.pricing_model is None:
         return None
@@ -134,14 +210,14 @@ def check_quantity(quantity: object) -> int:
 def check(user_id: int, feature_code: str, quantity: int = 1) -> UsageResult:
     """Would recording `quantity` now be allowed? Changes nothing."""
     quantity = check_quantity(quantity)
-    ent = entitlement(user_id, feature_code)
+    conn = usage_sql.connection()
+    ent = _resolve(conn, user_id, feature_code)
     at = now()
     refusal = _plan_refusal(ent, quantity)
     if refusal is not None:
         return refusal
     window = ent.window(at)
-    counter = _counter(user_id, ent.feature.id, window.start)
-    used, bonus = (counter.used, counter.bonus) if counter is not None else (0, 0)
+    used, bonus = _counter_values(conn, user_id, ent.feature.id, window.start)
     return _decide(ent, quantity, used, bonus, window, at, would_add=True)
 
 
@@ -157,71 +233,68 @@ def record(
 
     The hot path is a handful of statements and no savepoint: with a key, the event is inserted
     first (ON CONFLICT DO NOTHING: a concurrent duplicate waits for the first and then finds it);
-    then the counter takes the units by one conditional upsert; a refusal deletes the event again.
+    then the counter takes the units by one conditional upsert, which on PostgreSQL also logs the
+    event and the daily total (see _take_and_log); a refusal deletes the keyed event again.
     """
     quantity = check_quantity(quantity)
-    ent = entitlement(user_id, feature_code)
+    conn = usage_sql.connection()
+    ent = _resolve(conn, user_id, feature_code)
     refusal = _plan_refusal(ent, quantity)
     if refusal is not None:
         return refusal
     at = now()
     window = ent.window(at)
-    events = UsageEvent.__table__
+    sql = usage_sql.for_dialect(conn.dialect.name)
+    params = {
+        "p_user": user_id, "p_feature": ent.feature.id, "p_quantity": quantity, "p_source": source, "p_at": at,
+        "p_subscription": ent.subscription.id if ent.subscription else None, "p_day": at.date(),
+        "p_window_start": window.start, "p_window_end": window.end, "p_limit": ent.limit,
+    }
     event_id = None
     if idempotency_key is not None:
-        event_id = db.session.execute(
-            _insert(events).values(
-                user_id=user_id, feature_id=ent.feature.id, quantity=quantity, idempotency_key=idempotency_key,
-                subscription_id=ent.subscription.id if ent.subscription else None, source=source, occurred_at=at,
-            ).on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"]).returning(events.c.id)
-        ).scalar_one_or_none()
+        event_id = conn.execute(sql.insert_keyed_event, {**params, "p_key": idempotency_key}).scalar_one_or_none()
         if event_id is None:
-            return _replay(ent, _event_by_key(user_id, idempotency_key))
-    row = _take(user_id, ent, window, quantity, at)
-    if row is None:
+            return _replay(conn, ent, _event_by_key(conn, user_id, idempotency_key))
+    taken = _take_and_log(conn, sql, ent, params, log_event=event_id is None)
+    if taken is None:
         if event_id is not None:
-            db.session.execute(sa.delete(events).where(events.c.id == event_id))
-        counter = _counter(user_id, ent.feature.id, window.start)
-        used, bonus = (counter.used, counter.bonus) if counter is not None else (0, 0)
+            conn.execute(usage_sql.DELETE_EVENT, {"p_event": event_id})
+        used, bonus = _counter_values(conn, user_id, ent.feature.id, window.start)
         return _decide(ent, quantity, used, bonus, window, at, would_add=True)
-    if event_id is None:
-        event_id = db.session.execute(
-            sa.insert(events).values(
-                user_id=user_id, feature_id=ent.feature.id, quantity=quantity, idempotency_key=None,
-                subscription_id=ent.subscription.id if ent.subscription else None, source=source, occurred_at=at,
-            ).returning(events.c.id)
-        ).scalar_one()
-    _add_daily(user_id, ent.feature.id, at, quantity)
-    used, bonus = row
+    used, bonus, logged_id = taken
     result = _decide(ent, quantity, used, bonus, window, at, would_add=False)
-    result.event_id = event_id
+    result.event_id = event_id if event_id is not None else logged_id
     return result
 
 
-def _take(user_id: int, ent: Entitlement, window: Period, quantity: int, at: datetime) -> tuple[int, int] | None:
-    """Add `quantity` to the window's counter if the allowance has room; (used, bonus) or None."""
-    table = UsageCounter.__table__
+def _take_and_log(
+    conn: sa.Connection, sql: usage_sql.DialectStatements, ent: Entitlement, params: dict, *, log_event: bool
+) -> tuple[int, int, int | None] | None:
+    """Take the units from the window's counter if the allowance has room; if taken, log the use.
+
+    Logging is the event row (unless `log_event` is False: it was inserted under a client key
+    already) and the day's total. Returns (used, bonus, new event id or None), or None when
+    refused, in which case nothing was taken or logged. On PostgreSQL this is one statement; on
+    SQLite (no data-modifying CTEs) up to three, in the same transaction.
+    """
     bounded = not _unbounded(ent)
-    if bounded and quantity > ent.limit:
+    if bounded and params["p_quantity"] > ent.limit:
         # More than the plan's limit at once: only prepaid units could make room, so take the
         # two-step path that reads the existing row's bonus.
-        _ensure_counter(user_id, ent.feature.id, window)
-        return _increment(user_id, ent, window, quantity, at)
-    stmt = _insert(table).values(
-        user_id=user_id, feature_id=ent.feature.id, window_start=window.start, window_end=window.end,
-        used=quantity, bonus=0, updated_at=at,
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["user_id", "feature_id", "window_start"],
-        set_={"used": table.c.used + quantity, "updated_at": at},
-        where=(table.c.used + quantity <= ent.limit + table.c.bonus) if bounded else None,
-    ).returning(table.c.used, table.c.bonus)
-    row = db.session.execute(stmt).first()
-    return None if row is None else (row.used, row.bonus)
-
-
-class _Refused(Exception):
-    pass
+        conn.execute(sql.ensure_counter, params)
+        row = conn.execute(usage_sql.INCREMENT_BOUNDED, params).first()
+    elif sql.take_and_log is not None:
+        row = conn.execute(sql.take_and_log[bounded, log_event], params).first()
+        if row is None:
+            return None
+        return row.used, row.bonus, row.event_id if log_event else None
+    else:
+        row = conn.execute(sql.take[bounded], params).first()
+    if row is None:
+        return None
+    event_id = conn.execute(usage_sql.INSERT_EVENT, params).scalar_one() if log_event else None
+    conn.execute(sql.add_daily, params)
+    return row.used, row.bonus, event_id
 
 
 def _plan_refusal(ent: Entitlement, quantity: int) -> UsageResult | None:
@@ -283,82 +356,44 @@ def _decide(
     return result
 
 
-def _replay(ent: Entitlement, event: UsageEvent) -> UsageResult:
+def _replay(conn: sa.Connection, ent: Entitlement, event: sa.Row) -> UsageResult:
     at = now()
     window = ent.window(event.occurred_at) if ent.enabled else Period(at, at + timedelta(seconds=1))
-    counter = _counter(event.user_id, event.feature_id, window.start)
-    used, bonus = (counter.used, counter.bonus) if counter is not None else (0, 0)
+    used, bonus = _counter_values(conn, event.user_id, event.feature_id, window.start)
     result = _decide(ent, event.quantity, used, bonus, window, at, would_add=False)
     result.allowed, result.code, result.message = True, None, ""
     result.event_id, result.replayed = event.id, True
     return result
 
 
-def _event_by_key(user_id: int, key: str) -> UsageEvent | None:
-    return db.session.scalar(sa.select(UsageEvent).where(UsageEvent.user_id == user_id, UsageEvent.idempotency_key == key))
+def _event_by_key(conn: sa.Connection, user_id: int, key: str) -> sa.Row | None:
+    """The event recorded under a client key: id, user_id, feature_id, quantity, occurred_at."""
+    return conn.execute(usage_sql.EVENT_BY_KEY, {"p_user": user_id, "p_key": key}).first()
 
 
-def _counter(user_id: int, feature_id: int, window_start: datetime) -> UsageCounter | None:
-    return db.session.scalar(
-        sa.select(UsageCounter).where(
-            UsageCounter.user_id == user_id,
-            UsageCounter.feature_id == feature_id,
-            UsageCounter.window_start == window_start,
-        ).execution_options(populate_existing=True)
-    )
-
-
-def _insert(table):
-    dialect = db.session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
-def _ensure_counter(user_id: int, feature_id: int, window: Period) -> None:
-    db.session.execute(
-        _insert(UsageCounter.__table__)
-        .values(
-            user_id=user_id, feature_id=feature_id, window_start=window.start, window_end=window.end,
-            used=0, bonus=0, updated_at=now(),
-        )
-        .on_conflict_do_nothing(index_elements=["user_id", "feature_id", "window_start"])
-    )
-
-
-def _increment(user_id: int, ent: Entitlement, window: Period, quantity: int, at: datetime) -> tuple[int, int] | None:
-    table = UsageCounter.__table__
-    where = sa.and_(
-        table.c.user_id == user_id, table.c.feature_id == ent.feature.id, table.c.window_start == window.start
-    )
-    if not _unbounded(ent):
-        where = sa.and_(where, table.c.used + quantity <= ent.limit + table.c.bonus)
-    row = db.session.execute(
-        sa.update(table).where(where).values(used=table.c.used + quantity, updated_at=at)
-        .returning(table.c.used, table.c.bonus)
+def _counter_values(conn: sa.Connection, user_id: int, feature_id: int, window_start: datetime) -> tuple[int, int]:
+    """(used, bonus) of the window's counter, (0, 0) when it has none yet; always read fresh."""
+    row = conn.execute(
+        usage_sql.COUNTER, {"p_user": user_id, "p_feature": feature_id, "p_window_start": window_start}
     ).first()
-    return None if row is None else (row.used, row.bonus)
-
-
-def _add_daily(user_id: int, feature_id: int, at: datetime, quantity: int) -> None:
-    table = UsageDaily.__table__
-    stmt = _insert(table).values(user_id=user_id, feature_id=feature_id, day=at.date(), quantity=quantity)
-    db.session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["user_id", "feature_id", "day"],
-            set_={"quantity": table.c.quantity + stmt.excluded.quantity},
-        )
-    )
+    return (0, 0) if row is None else (row.used, row.bonus)
 
 
 def add_prepaid_units(user_id: int, feature_code: str, units: int) -> UsageCounter:
     """Raise this period's allowance by prepaid units (a bought package)."""
     units = check_quantity(units)
-    ent = entitlement(user_id, feature_code)
-    window = ent.window(now())
-    _ensure_counter(user_id, ent.feature.id, window)
-    table = UsageCounter.__table__
-    db.session.execute(
-        sa.update(table)
-        .where(table.c.user_id == user_id, table.c.feature_id == ent.feature.id, table.c.window_start == window.start)
-        .values(bonus=table.c.bonus + units, updated_at=now())
+    conn = usage_sql.connection()
+    ent = _resolve(conn, user_id, feature_code)
+    at = now()
+    window = ent.window(at)
+    key = {"p_user": user_id, "p_feature": ent.feature.id, "p_window_start": window.start}
+    sql = usage_sql.for_dialect(conn.dialect.name)
+    conn.execute(sql.ensure_counter, {**key, "p_window_end": window.end, "p_at": at})
+    conn.execute(usage_sql.ADD_BONUS, {**key, "p_units": units, "p_at": at})
+    return db.session.scalar(
+        sa.select(UsageCounter).where(
+            UsageCounter.user_id == user_id,
+            UsageCounter.feature_id == ent.feature.id,
+            UsageCounter.window_start == window.start,
+        ).execution_options(populate_existing=True)
     )
-    return _counter(user_id, ent.feature.id, window.start)

@@ -5,9 +5,10 @@ import sqlalchemy as sa
 
 from portal.billing.lifecycle import SubscriptionStatus, Transition
 from portal.extensions import db
-from portal.models import IdempotencyRecord, UsageCounter, UsageEvent
+from portal.models import IdempotencyRecord, Plan, UsageCounter, UsageDaily, UsageEvent
 from portal.services import api_keys
 from portal.services.subscriptions import live_subscription, transition
+from tests.conftest import both_databases
 
 
 def _events() -> int:
@@ -23,6 +24,71 @@ def test_missing_and_revoked_keys_are_401(client, api, api_user):
     api_keys.revoke(key)
     db.session.commit()
     assert api.get("/usage").status_code == 401
+
+
+def test_a_revoked_key_is_refused_on_the_very_next_request(api, api_user):
+    """Keys are looked up on every call, never cached: revoking stops the key at once."""
+    assert api.post("/usage/record", json={"feature": "reports"}).status_code == 201
+    api_keys.revoke(api_keys.list_keys(api_user.id)[0])
+    db.session.commit()
+    refused = api.post("/usage/record", json={"feature": "reports"})
+    assert refused.status_code == 401 and refused.json["error"]["code"] == "invalid_api_key"
+    assert api.post("/usage/check", json={"feature": "reports"}).status_code == 401
+    assert _events() == 1
+
+
+def test_a_disabled_account_is_refused_on_the_very_next_request(api, api_user):
+    assert api.post("/usage/check", json={"feature": "reports"}).status_code == 200
+    api_user.is_active_account = False
+    db.session.commit()
+    assert api.post("/usage/record", json={"feature": "reports"}).status_code == 401
+    assert _events() == 0
+
+
+def test_a_plan_change_applies_on_the_very_next_request(api, api_user):
+    assert api.post("/usage/record", json={"feature": "reports", "quantity": 10}).status_code == 201
+    assert api.post("/usage/record", json={"feature": "reports"}).status_code == 403
+    assert api.post("/usage/check", json={"feature": "dark_mode"}).status_code == 403
+    pro = db.session.scalar(sa.select(Plan).where(Plan.code == "pro"))
+    transition(live_subscription(api_user.id), Transition.CHANGE_PLAN, reason="upgrade", plan_id=pro.id)
+    db.session.commit()
+    upgraded = api.post("/usage/record", json={"feature": "reports"})
+    assert upgraded.status_code == 201 and upgraded.json["used"] == 11 and upgraded.json["limit"] == 1000
+    assert api.post("/usage/check", json={"feature": "dark_mode"}).status_code == 200
+
+
+@both_databases
+def test_events_daily_totals_and_counters_stay_in_step(api):
+    """Accepted records write an event, the day's total and the counter; refusals write none of them.
+
+    On PostgreSQL the counter, event and daily total are written by one statement, on SQLite by
+    several: both must give the same rows. Covers bounded, unbounded, keyed, refused and
+    more-than-the-limit-at-once records.
+    """
+    def record(feature, quantity, key=None):
+        headers = {"Idempotency-Key": key} if key else {}
+        return api.post("/usage/record", json={"feature": feature, "quantity": quantity}, headers=headers)
+
+    assert record("reports", 3).status_code == 201  # QUOTA: the conditional upsert
+    usage_calls = record("api_calls", 7)  # USAGE: never refused, priced
+    assert usage_calls.status_code == 201 and usage_calls.json["cost"] == 2  # 2 beyond 5 free × $0.01
+    keyed = record("reports", 2, key="a")
+    assert keyed.status_code == 201 and keyed.json["used"] == 5
+    assert record("reports", 6, key="b").status_code == 403  # its event is inserted, then deleted
+    assert record("reports", 6).status_code == 403
+    assert record("reports", 11).status_code == 403  # more than the limit at once: the two-step path
+    assert record("reports", 2, key="a").get_data() == keyed.get_data()
+    assert record("reports", 5).json["remaining"] == 0
+
+    def totals(model, column):
+        rows = db.session.execute(sa.select(model.feature_id, sa.func.sum(column)).group_by(model.feature_id))
+        return dict(rows.all())
+
+    events = totals(UsageEvent, UsageEvent.quantity)
+    assert events == totals(UsageDaily, UsageDaily.quantity) == totals(UsageCounter, UsageCounter.used)
+    assert sorted(events.values()) == [7, 10]
+    assert db.session.scalars(sa.select(UsageEvent.idempotency_key).where(UsageEvent.idempotency_key.is_not(None))
+                              ).all() == ["a"]
 
 
 def test_quota_record_then_refuse_with_upgrade_options(api):

@@ -142,7 +142,7 @@ def _meter(result: usage.UsageResult) -> Meter:
 def _answer(result: usage.UsageResult, success: int) -> tuple[int, BaseModel, dict[str, str]]:
     if result.allowed:
         return success, _meter(result), {}
-    ent = usage.entitlement(g.api_user.id, result.feature)
+    ent = usage.light_entitlement(g.api_user.id, result.feature)
     refusal = _refusal(result, ent.plan.id, ent.feature.id, ent.limit)
     if result.code == "rate_limited":
         return 429, refusal, {"Retry-After": str(result.retry_after)}
@@ -263,7 +263,7 @@ def history():
 def restrictions(feature: str):
     """Restriction info per feature."""
     try:
-        ent = usage.entitlement(g.api_user.id, feature)
+        ent = usage.light_entitlement(g.api_user.id, feature)
         result = usage.check(g.api_user.id, feature, 1)
     except usage.UsageError as exc:
         raise ApiError(404, "unknown_feature", exc.message, "feature") from None

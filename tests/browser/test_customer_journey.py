@@ -16,19 +16,11 @@ from portal.extensions import db
 from portal.models import Invoice, InvoiceStatus, Payment, PaymentStatus, User
 from portal.services import wallet
 from portal.services.subscriptions import live_subscription
+from tests.conftest import fill_card
 
 pytestmark = pytest.mark.browser
 
 EMAIL, PASSWORD = "carol@example.com", "carol's long password"
-
-
-def fill_card(page, number: str) -> None:
-    """Type a card into localstripe's Stripe.js card element."""
-    page.fill("#card-element input[placeholder=number]", number)
-    page.fill("#card-element input[placeholder=exp_month]", "12")
-    page.fill("#card-element input[placeholder=exp_year]", "31")
-    page.fill("#card-element input[placeholder=cvc]", "123")
-    page.fill("#card-element input[placeholder=postal_code]", "10001")
 
 
 def add_card_in_browser(page, base: str, number: str, last4: str) -> None:

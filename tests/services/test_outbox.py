@@ -3,20 +3,12 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from redis import Redis
 from rq import Queue
 from rq.job import Job
 
-from portal.embedded import EmbeddedRedis
 from portal.extensions import db
 from portal.models import OutboxMessage
 from portal.services import outbox
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 @pytest.fixture
@@ -24,14 +16,6 @@ def app_config(request):
     if "redis_server" in request.fixturenames:
         return {"REDIS_URL": request.getfixturevalue("redis_server").url}
     return {}
-
-
-@pytest.fixture
-def redis_conn(redis_server):
-    conn = Redis.from_url(redis_server.url)
-    conn.flushall()
-    yield conn
-    conn.close()
 
 
 def test_a_committed_transaction_enqueues_its_job(app, redis_server, redis_conn):

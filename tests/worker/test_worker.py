@@ -21,26 +21,11 @@ from rq.job import Job, JobStatus
 from portal import create_app
 from portal.billing.features import FeatureType
 from portal.clock import now
-from portal.embedded import EmbeddedRedis
 from portal.extensions import db
 from portal.models import Feature, IdempotencyRecord, OutboxMessage, UsageCounter, User
 from worker import QUEUES, job
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture
-def redis_conn(redis_server):
-    conn = Redis.from_url(redis_server.url)
-    conn.flushall()
-    yield conn
-    conn.close()
 
 
 @pytest.fixture

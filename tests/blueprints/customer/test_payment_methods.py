@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from portal.extensions import db
 from portal.models import PaymentMethod, User
 from portal.payments import gateway
-from tests.conftest import add_card, csrf_from
+from tests.conftest import add_card, browser_login, csrf_from, fill_card
 
 DECLINED_AT_SETUP = "4000000000000002"
 NEEDS_AUTH = "4000002500003155"
@@ -192,36 +192,24 @@ def test_another_customers_card_is_404_everywhere(alice, alice_client, bob):
 
 
 
-def _fill_card(page, number: str) -> None:
-    page.fill("#card-element input[placeholder=number]", number)
-    page.fill("#card-element input[placeholder=exp_month]", "12")
-    page.fill("#card-element input[placeholder=exp_year]", "31")
-    page.fill("#card-element input[placeholder=cvc]", "123")
-    page.fill("#card-element input[placeholder=postal_code]", "10001")
-
-
 @pytest.mark.browser
 def test_adding_cards_in_a_browser(alice, live_server, browser_page):
     page = browser_page
-    page.goto(f"{live_server}/login")
-    page.fill("#email", "demo@portal.test")
-    page.fill("#password", "demo-password-1")
-    page.click("button[type=submit]")
-    page.wait_for_url("**/home")
+    browser_login(page, live_server)
     page.goto(f"{live_server}/payment-methods")
 
-    _fill_card(page, DECLINED_AT_SETUP)
+    fill_card(page, DECLINED_AT_SETUP)
     page.click("#card-submit")
     page.wait_for_function("document.getElementById('card-errors').textContent.length > 0")
     assert page.text_content("#card-errors") == "Your card was declined."
 
-    _fill_card(page, NEEDS_AUTH)
+    fill_card(page, NEEDS_AUTH)
     page.click("#card-submit")
     page.click("text=Fail authentication")  # localstripe's 3-D Secure prompt
     page.wait_for_function("document.getElementById('card-errors').textContent.includes('authentication')")
     assert "authentication failed" in page.text_content("#card-errors")
 
-    _fill_card(page, "4242424242424242")
+    fill_card(page, "4242424242424242")
     page.click("#card-submit")
     page.wait_for_selector("text=Visa •••• 4242 saved.")
     assert "Default" in page.text_content(".card-list")
@@ -236,10 +224,7 @@ def test_without_javascript_cards_are_still_managed(alice, live_server, browser_
     db.session.commit()
     context = browser_page.context.browser.new_context(java_script_enabled=False)
     page = context.new_page()
-    page.goto(f"{live_server}/login")
-    page.fill("#email", "demo@portal.test")
-    page.fill("#password", "demo-password-1")
-    page.click("button[type=submit]")
+    browser_login(page, live_server)
     page.goto(f"{live_server}/payment-methods")
     # (Chromium still parses <noscript> as text with JS off in Playwright; the server test checks it.)
     assert page.is_hidden("#card-submit")
@@ -257,11 +242,7 @@ def test_a_top_up_the_bank_must_confirm_in_a_browser(alice, live_server, browser
     add_card(alice, NEEDS_AUTH)
     db.session.commit()
     page = browser_page
-    page.goto(f"{live_server}/login")
-    page.fill("#email", "demo@portal.test")
-    page.fill("#password", "demo-password-1")
-    page.click("button[type=submit]")
-    page.wait_for_url("**/home")
+    browser_login(page, live_server)
     page.goto(f"{live_server}/wallet")
     page.fill("#amount", "30")
     page.click("button:has-text('Add funds')")

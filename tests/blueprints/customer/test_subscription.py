@@ -15,7 +15,7 @@ from portal.models import EntryKind, Invoice, InvoiceStatus, LineKind, Payment, 
 from portal.services import invoices, usage, wallet
 from portal.services.invoices import LineDraft
 from portal.services.subscriptions import live_subscription
-from tests.conftest import AuthActions, add_card, both_databases
+from tests.conftest import AuthActions, add_card, both_databases, browser_login
 
 DECLINING = "4000000000000341"
 THREE_D_SECURE = "4000002500003155"
@@ -324,10 +324,7 @@ def test_in_a_browser_calculator_swaps_errors_and_3d_secure_upgrades(alice, stri
                                                                       browser_page):
     add_card(alice, THREE_D_SECURE)
     page = browser_page
-    page.goto(f"{live_server}/login")
-    page.fill("#email", "demo@portal.test")
-    page.fill("#password", "demo-password-1")
-    page.click("button[type=submit]")
+    browser_login(page, live_server)
     # htmx swaps the 422 answer in, so the field error shows without leaving the page.
     page.goto(f"{live_server}/plans")
     page.fill("#seats", "-1")

@@ -265,3 +265,21 @@ def test_openapi_document_is_public_and_valid(client):
     record = spec["paths"]["/usage/record"]["post"]
     assert set(record["responses"]) == {"201", "400", "401", "403", "409", "413", "429"}
     assert record["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/RecordRequest")
+
+
+def test_keys_are_honoured_for_at_least_24_hours_and_never_record_twice(api, clock):
+    """The stored answer outlives 24 h; after the purge job drops it, the event's own key still holds."""
+    from worker.maintenance import purge_expired
+
+    first = api.post("/usage/record", json={"feature": "reports"}, headers={"Idempotency-Key": "day-old"})
+    clock.advance(hours=25)
+    purge_expired()
+    db.session.commit()
+    again = api.post("/usage/record", json={"feature": "reports"}, headers={"Idempotency-Key": "day-old"})
+    assert again.get_data() == first.get_data()  # byte for byte, a day later
+    clock.advance(days=3)
+    assert purge_expired()["idempotency_records"] == 1
+    db.session.commit()
+    late = api.post("/usage/record", json={"feature": "reports"}, headers={"Idempotency-Key": "day-old"})
+    assert late.status_code == 201 and late.json["replayed"] is True
+    assert _events() == 1

@@ -141,10 +141,15 @@ def database_url(db_backend, request, tmp_path) -> str:
         path = tmp_path / "portal.db"
         shutil.copy(template, path)
         return f"sqlite:///{path}"
+    return fresh_pg_database(request, "t", template="portal_template")
+
+
+def fresh_pg_database(request, prefix: str, template: str | None = None) -> str:
+    """A new database on the session's PostgreSQL (copied from `template`), dropped after the test."""
     admin_uri = request.getfixturevalue("postgres_server")
-    name = "t_" + uuid.uuid4().hex[:16]
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
     with psycopg.connect(admin_uri, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE portal_template")
+        conn.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
     request.addfinalizer(lambda: _drop_pg(admin_uri, name))
     return _pg_url(admin_uri, name)
 

@@ -1,9 +1,7 @@
 """`flask db upgrade` builds the schema on an empty SQLite and an empty PostgreSQL, matching the models."""
 from __future__ import annotations
 
-import uuid
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -11,19 +9,14 @@ from alembic.migration import MigrationContext
 
 from portal import create_app
 from portal.extensions import db
-from tests.conftest import _drop_pg, _pg_url, base_config
+from tests.conftest import base_config, fresh_pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def empty_database(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'empty.db'}"
-    admin = request.getfixturevalue("postgres_server")
-    name = "empty_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    request.addfinalizer(lambda: _drop_pg(admin, name))
-    return _pg_url(admin, name)
+    return fresh_pg_database(request, "empty")
 
 
 def test_upgrade_on_an_empty_database_matches_the_models(empty_database, tmp_path):

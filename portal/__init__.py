@@ -39,9 +39,12 @@ def register_clock(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     from portal import models  # noqa: F401  (every table registered before Alembic looks)
-    from portal.extensions import configure_sqlite_engines, csrf, db, htmx, limiter, login_manager, mail, migrate
+    from portal.extensions import (
+        configure_pool_pings, configure_sqlite_engines, csrf, db, htmx, limiter, login_manager, mail, migrate,
+    )
 
     configure_sqlite_engines()
+    configure_pool_pings()
     db.init_app(app)
     migrate.init_app(app, db, directory=str(_migrations_dir()), render_as_batch=True, compare_type=True)
     login_manager.init_app(app)
@@ -49,11 +52,29 @@ def register_extensions(app: Flask) -> None:
     mail.init_app(app)
     htmx.init_app(app)
     limiter.init_app(app)
+    _limits_by_decorator_only(app, limiter)
+    from portal.extensions import PortalSessionInterface
+
+    app.session_interface = PortalSessionInterface()
     from portal.services import auth as auth_service
     from portal.services import outbox
 
     auth_service.init_login_manager(login_manager)
     outbox.init_app(app)
+
+
+def _limits_by_decorator_only(app: Flask, limiter) -> None:
+    """Drop Flask-Limiter's per-request hook while every limit is a decorator on its view.
+
+    A `@limiter.limit` view checks its own limit when it runs; the extension's global
+    before_request hook exists for default and application-wide limits, which the portal does
+    not configure, yet costs every request (the usage API's hot path most) its exemption
+    lookups. Should such limits be configured one day, the hook stays.
+    """
+    if app.config.get("RATELIMIT_DEFAULT") or app.config.get("RATELIMIT_APPLICATION") \
+            or limiter.limit_manager.default_limits or limiter.limit_manager.application_limits:
+        return
+    app.before_request_funcs[None].remove(limiter._check_request_limit)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -31,7 +31,9 @@ def load_config(env: dict[str, str] | None = None, instance_path: str | None = N
         "ENV_NAME": env.get("PORTAL_ENV", "development"),
         "SECRET_KEY": env.get("SECRET_KEY", "dev-only-secret-change-me"),
         "SQLALCHEMY_DATABASE_URI": database_url,
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # Pooled connections are pinged only after sitting idle (extensions.configure_pool_pings),
+        # not on every checkout as pool_pre_ping would.
+        "SQLALCHEMY_ENGINE_OPTIONS": {},
         "REDIS_URL": redis_url,
         "RQ_QUEUES": ["default", "billing", "emails", "retries"],
         # Sessions and CSRF

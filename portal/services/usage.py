@@ -147,8 +147,16 @@ def light_entitlement(user_id: int, feature_code: str) -> Entitlement:
 
 
 def _resolve(conn: sa.Connection, user_id: int, feature_code: str) -> Entitlement:
-    row = conn.execute(usage_sql.ENTITLEMENT, {"p_user": user_id, "p_code": feature_code}).first()
-    if row is None:
+    return entitlement_from_row(conn.execute(usage_sql.ENTITLEMENT, {"p_user": user_id, "p_code": feature_code})
+                                .first(), feature_code)
+
+
+def entitlement_from_row(row: sa.Row | None, feature_code: str) -> Entitlement:
+    """The Entitlement from a row of usage_sql.ENTITLEMENT (or KEY_AND_ENTITLEMENT, which has its columns).
+
+    Raises UsageError when the row names no feature and NoDefaultPlan when there is no plan.
+    """
+    if row is None or row.feature_id is None:
         raise UsageError("unknown_feature", f"there is no feature called {feature_code!r}", "feature")
     if row.plan_id is None:  # no live subscription and no default plan
         raise NoDefaultPlan("no default plan: mark one plan as the default (Free) plan")
@@ -207,11 +215,16 @@ def check_quantity(quantity: object) -> int:
     return quantity
 
 
-def check(user_id: int, feature_code: str, quantity: int = 1) -> UsageResult:
-    """Would recording `quantity` now be allowed? Changes nothing."""
+def check(user_id: int, feature_code: str, quantity: int = 1, *, ent: Entitlement | None = None) -> UsageResult:
+    """Would recording `quantity` now be allowed? Changes nothing.
+
+    `ent`: the entitlement when the caller has resolved it already (the API reads it together
+    with the key); otherwise it is read here.
+    """
     quantity = check_quantity(quantity)
     conn = usage_sql.connection()
-    ent = _resolve(conn, user_id, feature_code)
+    if ent is None:
+        ent = _resolve(conn, user_id, feature_code)
     at = now()
     refusal = _plan_refusal(ent, quantity)
     if refusal is not None:
@@ -228,6 +241,7 @@ def record(
     *,
     idempotency_key: str | None = None,
     source: str = "api",
+    ent: Entitlement | None = None,
 ) -> UsageResult:
     """Check and record in one step; a refused record writes nothing, a replayed key records nothing new.
 
@@ -235,10 +249,15 @@ def record(
     first (ON CONFLICT DO NOTHING: a concurrent duplicate waits for the first and then finds it);
     then the counter takes the units by one conditional upsert, which on PostgreSQL also logs the
     event and the daily total (see _take_and_log); a refusal deletes the keyed event again.
+
+    Without a key, on PostgreSQL, the record writes with exactly one statement (and otherwise
+    only reads), which is what lets the API run it on an autocommit connection
+    (usage_sql.connection). `ent`: as for `check`.
     """
     quantity = check_quantity(quantity)
     conn = usage_sql.connection()
-    ent = _resolve(conn, user_id, feature_code)
+    if ent is None:
+        ent = _resolve(conn, user_id, feature_code)
     refusal = _plan_refusal(ent, quantity)
     if refusal is not None:
         return refusal
@@ -277,19 +296,23 @@ def _take_and_log(
     refused, in which case nothing was taken or logged. On PostgreSQL this is one statement; on
     SQLite (no data-modifying CTEs) up to three, in the same transaction.
     """
-    bounded = not _unbounded(ent)
-    if bounded and params["p_quantity"] > ent.limit:
-        # More than the plan's limit at once: only prepaid units could make room, so take the
-        # two-step path that reads the existing row's bonus.
-        conn.execute(sql.ensure_counter, params)
-        row = conn.execute(usage_sql.INCREMENT_BOUNDED, params).first()
-    elif sql.take_and_log is not None:
-        row = conn.execute(sql.take_and_log[bounded, log_event], params).first()
+    if _unbounded(ent):
+        how = usage_sql.TAKE_UNBOUNDED
+    elif params["p_quantity"] > ent.limit:
+        # More than the plan's limit at once: only prepaid units (the bonus of an existing
+        # counter) could make room, so the units can only be added to an existing counter.
+        how = usage_sql.TAKE_EXISTING
+    else:
+        how = usage_sql.TAKE_BOUNDED
+    if sql.take_and_log is not None:
+        row = conn.execute(sql.take_and_log[how, log_event], params).first()
         if row is None:
             return None
         return row.used, row.bonus, row.event_id if log_event else None
+    if how == usage_sql.TAKE_EXISTING:
+        row = conn.execute(usage_sql.INCREMENT_BOUNDED, params).first()
     else:
-        row = conn.execute(sql.take[bounded], params).first()
+        row = conn.execute(sql.take[how == usage_sql.TAKE_BOUNDED], params).first()
     if row is None:
         return None
     event_id = conn.execute(usage_sql.INSERT_EVENT, params).scalar_one() if log_event else None

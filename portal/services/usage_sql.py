@@ -51,15 +51,25 @@ _keys = ApiKey.__table__
 _users = User.__table__
 
 
-def connection() -> sa.Connection:
+def connection(*, autocommit: bool = False) -> sa.Connection:
     """The session's connection, so these statements share the ORM's transaction.
 
     Flushes first (when the session autoflushes), as the ORM queries these replace did:
     pending objects, e.g. a new subscription, must be visible to the lookups.
+
+    `autocommit=True` asks for a connection on which each statement commits by itself, saving
+    the BEGIN and COMMIT round trips. Only for a request whose work is reads plus at most one
+    writing statement (the usage API's unkeyed record on PostgreSQL, and check), where a
+    transaction would add nothing. It applies only when the session has not begun a
+    transaction yet, and only on PostgreSQL (SQLite's transactions are handled by the recipe in
+    extensions.configure_sqlite_engines, which an isolation-level change would undo); otherwise
+    the statements simply join the transaction.
     """
-    session = db.session
+    session = db.session()  # the request's Session (in_transaction is not proxied by scoped_session)
     if session.autoflush:
         session.flush()
+    if autocommit and not session.in_transaction() and session.get_bind().dialect.name == "postgresql":
+        return session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     return session.connection()
 
 
@@ -103,36 +113,60 @@ _DEFAULT_PLAN_ID = (
     .scalar_subquery()
 )
 
-#: Feature, live subscription (if any), its plan or else the default plan, and that plan's
-#: grant of the feature, in one round trip. No row: unknown feature. plan_id NULL: no default plan.
-#: The live statuses are spelled as ORs of plain parameters rather than IN (...), which
-#: SQLAlchemy would re-expand into the SQL text on every execution.
-ENTITLEMENT = (
-    sa.select(
-        _features.c.id.label("feature_id"), _features.c.code.label("feature_code"),
-        _features.c.name.label("feature_name"), _features.c.type.label("feature_type"),
-        _features.c.unit_name,
-        _subscriptions.c.id.label("subscription_id"), _subscriptions.c.current_period_start,
-        _subscriptions.c.current_period_end,
-        _plans.c.id.label("plan_id"), _plans.c.code.label("plan_code"), _plans.c.name.label("plan_name"),
-        _plans.c.currency,
-        _plan_features.c.id.label("plan_feature_id"), _plan_features.c.enabled, _plan_features.c.limit,
-        _plan_features.c.window, _plan_features.c.overage_allowed, _plan_features.c.pricing_model,
-        _plan_features.c.unit_price, _plan_features.c.free_units, _plan_features.c.package_size,
-        _plan_features.c.package_price,
+def _entitlement(base: sa.FromClause, user_id: sa.ColumnElement, *extra: sa.ColumnElement) -> sa.Select:
+    """Feature, live subscription (if any), its plan or else the default plan, and that plan's
+    grant of the feature, outer-joined onto `base` for the customer `user_id`.
+
+    The live statuses are spelled as ORs of plain parameters rather than IN (...), which
+    SQLAlchemy would re-expand into the SQL text on every execution.
+    """
+    return (
+        sa.select(
+            *extra,
+            _features.c.id.label("feature_id"), _features.c.code.label("feature_code"),
+            _features.c.name.label("feature_name"), _features.c.type.label("feature_type"),
+            _features.c.unit_name,
+            _subscriptions.c.id.label("subscription_id"), _subscriptions.c.current_period_start,
+            _subscriptions.c.current_period_end,
+            _plans.c.id.label("plan_id"), _plans.c.code.label("plan_code"), _plans.c.name.label("plan_name"),
+            _plans.c.currency,
+            _plan_features.c.id.label("plan_feature_id"), _plan_features.c.enabled, _plan_features.c.limit,
+            _plan_features.c.window, _plan_features.c.overage_allowed, _plan_features.c.pricing_model,
+            _plan_features.c.unit_price, _plan_features.c.free_units, _plan_features.c.package_size,
+            _plan_features.c.package_price,
+        )
+        .select_from(
+            base
+            .outerjoin(_subscriptions, sa.and_(
+                _subscriptions.c.user_id == user_id,
+                sa.or_(*(_subscriptions.c.status == status
+                         for status in sorted(LIVE_STATUSES, key=lambda s: s.value))),
+            ))
+            .outerjoin(_plans, _plans.c.id == sa.func.coalesce(_subscriptions.c.plan_id, _DEFAULT_PLAN_ID))
+            .outerjoin(_plan_features, sa.and_(
+                _plan_features.c.plan_id == _plans.c.id, _plan_features.c.feature_id == _features.c.id,
+            ))
+        )
     )
-    .select_from(
-        _features
-        .outerjoin(_subscriptions, sa.and_(
-            _subscriptions.c.user_id == param("p_user", _subscriptions.c.user_id),
-            sa.or_(*(_subscriptions.c.status == status for status in sorted(LIVE_STATUSES, key=lambda s: s.value))),
-        ))
-        .outerjoin(_plans, _plans.c.id == sa.func.coalesce(_subscriptions.c.plan_id, _DEFAULT_PLAN_ID))
-        .outerjoin(_plan_features, sa.and_(
-            _plan_features.c.plan_id == _plans.c.id, _plan_features.c.feature_id == _features.c.id,
-        ))
-    )
-    .where(_features.c.code == param("p_code", _features.c.code))
+
+
+#: The entitlement of customer p_user to feature p_code, in one round trip. No row: unknown
+#: feature. plan_id NULL: no live subscription and no default plan.
+ENTITLEMENT = _entitlement(_features, param("p_user", _subscriptions.c.user_id)).where(
+    _features.c.code == param("p_code", _features.c.code)
+)
+
+#: API_KEY_BY_HASH and ENTITLEMENT in one round trip, for the usage API's check and record. No
+#: row: the key is unknown or inactive. feature_id NULL: the key is good, the feature unknown.
+KEY_AND_ENTITLEMENT = _entitlement(
+    _keys.join(_users, _users.c.id == _keys.c.user_id)
+    .outerjoin(_features, _features.c.code == param("p_code", _features.c.code)),
+    _keys.c.user_id,
+    _keys.c.id.label("key_id"), _keys.c.user_id.label("key_user_id"), _keys.c.last_used_at,
+).where(
+    _keys.c.key_hash == param("p_hash", _keys.c.key_hash),
+    _keys.c.revoked_at.is_(None),
+    _users.c.is_active_account.is_(True),
 )
 
 #: A plan feature's tier table, in order (only priced features with tiers need it).
@@ -208,10 +242,17 @@ class DialectStatements:
     ensure_counter: sa.Insert
     #: Add to the day's total.
     add_daily: sa.Insert
-    #: PostgreSQL only (None elsewhere), keyed by (bounded, with_event): take, then log the event
+    #: PostgreSQL only (None elsewhere), keyed by (how, with_event): take, then log the event
     #: (unless it was inserted under a client key already) and add to the day's total, all in one
-    #: statement (see _take_and_log).
-    take_and_log: dict[tuple[bool, bool], sa.Select] | None
+    #: statement (see _take_and_log). `how` is a TAKE_* constant.
+    take_and_log: dict[tuple[str, bool], sa.Select] | None
+
+
+#: How units are taken from a counter: insert or add, unconditionally (unlimited, USAGE, BOOLEAN,
+#: priced overage) or only when the allowance has room; or, for more than the plan's limit at
+#: once, only by adding to an existing counter whose prepaid bonus makes room (a new counter has
+#: no bonus, so it could never take them).
+TAKE_UNBOUNDED, TAKE_BOUNDED, TAKE_EXISTING = "unbounded", "bounded", "existing"
 
 
 def _column_value(name: str, column: sa.Column) -> sa.Cast:
@@ -219,7 +260,7 @@ def _column_value(name: str, column: sa.Column) -> sa.Cast:
     return sa.cast(param(name, column), column.type)
 
 
-def _take_and_log(take: sa.Insert, with_event: bool) -> sa.Select:
+def _take_and_log(take: sa.Insert | sa.Update, with_event: bool) -> sa.Select:
     """One round trip instead of three, with data-modifying CTEs (PostgreSQL):
 
         WITH taken AS (INSERT INTO usage_counters ... ON CONFLICT DO UPDATE ... WHERE <room>
@@ -307,8 +348,11 @@ def _build(dialect: str) -> DialectStatements:
             set_={"quantity": _daily.c.quantity + daily.excluded.quantity},
         ),
         take_and_log={
-            (bounded, with_event): _take_and_log(takes[bounded], with_event)
-            for bounded in (True, False) for with_event in (True, False)
+            (how, with_event): _take_and_log(take, with_event)
+            for how, take in (
+                (TAKE_UNBOUNDED, takes[False]), (TAKE_BOUNDED, takes[True]), (TAKE_EXISTING, INCREMENT_BOUNDED),
+            )
+            for with_event in (True, False)
         } if dialect == "postgresql" else None,
     )
 

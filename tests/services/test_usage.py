@@ -119,6 +119,24 @@ def test_prepaid_packages_raise_the_allowance(limited):
     assert result.allowed and result.limit == 15 and result.remaining == 0
 
 
+@both_databases
+def test_more_than_the_limit_at_once_needs_prepaid_units(limited):
+    """25 at once against a limit of 10: refused (writing nothing) until a package adds 20."""
+    refused = usage.record(limited, "reports", 25)
+    db.session.commit()
+    assert not refused.allowed and refused.code == "quota_exceeded" and refused.used == 0
+    assert _events() == 0 and db.session.scalar(sa.select(sa.func.count()).select_from(UsageCounter)) == 0
+    usage.add_prepaid_units(limited, "reports", 20)
+    db.session.commit()
+    taken = usage.record(limited, "reports", 25)
+    db.session.commit()
+    assert taken.allowed and taken.used == 25 and taken.limit == 30 and taken.remaining == 5
+    again = usage.record(limited, "reports", 11)
+    db.session.commit()
+    assert not again.allowed and again.used == 25
+    assert _events() == 1 and db.session.scalar(sa.select(UsageDaily.quantity)) == 25
+
+
 def test_usage_features_report_their_cost(catalog):
     """Business plan: the first 10,000 API calls are free, then $0.001 each."""
     from portal.services.subscriptions import live_subscription, transition

@@ -6,6 +6,10 @@ fixed number of requests, so every answer is counted. Rounds alternate hello / r
 the same machine load; the report gives medians. Afterwards the number of usage events in the
 database must equal the number of 2xx answers (nothing lost or doubled).
 
+On PostgreSQL a third app runs in the same rounds: bench/reference_record.py, the same two
+round trips in raw psycopg with no framework, as the floor of what a durable per-request
+record costs on the machine (its events are counted too).
+
     .venv/bin/python bench/usage_api.py --backend both --requests 20000 --rounds 3
 """
 from __future__ import annotations
@@ -146,32 +150,45 @@ def run_backend(backend: str, args, workdir: Path) -> dict:
     env = dict(os.environ, DATABASE_URL=url.replace("postgresql+psycopg://", "postgresql://"), SECRET_KEY="bench",
                PORTAL_INSTANCE_PATH=str(instance), REDIS_URL="redis://127.0.0.1:1/0",
                RATELIMIT_STORAGE_URI="memory://", PYTHONPATH=str(ROOT))
-    hello = Gunicorn("bench.hello:app", env, args.workers, args.threads, instance / "hello.log")
-    portal = Gunicorn("wsgi:app", env, args.workers, args.threads, instance / "portal.log")
-    rounds = {"hello": [], "record": []}
+    servers = {"hello": (Gunicorn("bench.hello:app", env, args.workers, args.threads, instance / "hello.log"),
+                         "/hello")}
+    if args.reference and backend == "postgres":
+        servers["reference"] = (Gunicorn("bench.reference_record:app", env, args.workers, args.threads,
+                                         instance / "reference.log"), "/api/v1/usage/record")
+    servers["record"] = (Gunicorn("wsgi:app", env, args.workers, args.threads, instance / "portal.log"),
+                         "/api/v1/usage/record")
+    rounds: dict[str, list[dict]] = {name: [] for name in servers}
     try:
         for _ in range(args.rounds):
-            rounds["hello"].append(drive(hello.port, "/hello", keys, args.requests, args.concurrency, instance))
-            rounds["record"].append(drive(portal.port, "/api/v1/usage/record", keys, args.requests,
-                                          args.concurrency, instance))
+            for name, (server, path) in servers.items():  # alternating, so all see the same machine
+                rounds[name].append(drive(server.port, path, keys, args.requests, args.concurrency, instance))
     finally:
-        hello.stop()
-        portal.stop()
+        for server, _ in servers.values():
+            server.stop()
     events = count_events(url, instance)
     ok = sum(r["ok"] for r in rounds["record"])
+    written = ok + sum(r["ok"] for r in rounds.get("reference", []))  # the reference writes events too
     if pg is not None:
         pg.stop()
     med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
-    return {
+    result = {
         "backend": backend,
         "hello_rps": med(rounds["hello"], "rate"), "record_rps": med(rounds["record"], "rate"),
         "ratio": med(rounds["record"], "rate") / med(rounds["hello"], "rate"),
         "ratios": [r["rate"] / h["rate"] for h, r in zip(rounds["hello"], rounds["record"])],
         "hello_p99_ms": med(rounds["hello"], "p99_ms"), "record_p99_ms": med(rounds["record"], "p99_ms"),
         "record_p50_ms": med(rounds["record"], "p50_ms"),
-        "record_2xx": ok, "events_in_db": events, "consistent": ok == events,
+        "record_2xx": ok, "events_in_db": events, "consistent": written == events,
         "record_non2xx": sum(r["non2xx"] + r["failed"] for r in rounds["record"]),
     }
+    if "reference" in rounds:
+        result.update({
+            "reference_rps": med(rounds["reference"], "rate"),
+            "reference_ratio": med(rounds["reference"], "rate") / med(rounds["hello"], "rate"),
+            "reference_p99_ms": med(rounds["reference"], "p99_ms"),
+            "reference_2xx": written - ok,
+        })
+    return result
 
 
 def main() -> int:
@@ -183,6 +200,8 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=4, help="API keys, one ab process each")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="skip bench/reference_record.py (PostgreSQL only), the floor of a durable record")
     args = parser.parse_args()
     if shutil.which("ab") is None:
         print("bench needs ApacheBench: apt-get install apache2-utils", file=sys.stderr)
@@ -197,6 +216,11 @@ def main() -> int:
         print(f"{r['backend']:<9} {r['hello_rps']:>10.0f} {r['record_rps']:>11.0f} {r['ratio']:>6.2f} "
               f"{r['record_p50_ms']:>9} ms {r['record_p99_ms']:>9} ms {r['hello_p99_ms']:>8} ms "
               f"{r['record_2xx']:>7} {r['events_in_db']:>7}")
+    for r in results:
+        if "reference_rps" in r:
+            print(f"\n{r['backend']}: reference (bench/reference_record.py, raw psycopg, same two round trips): "
+                  f"{r['reference_rps']:.0f} rps, ratio {r['reference_ratio']:.2f}, p99 {r['reference_p99_ms']} ms; "
+                  f"portal / reference {r['record_rps'] / r['reference_rps']:.2f}")
     return 0 if all(r["consistent"] for r in results) else 1
 
 

@@ -32,8 +32,10 @@ def load_config(env: dict[str, str] | None = None, instance_path: str | None = N
         "SECRET_KEY": env.get("SECRET_KEY", "dev-only-secret-change-me"),
         "SQLALCHEMY_DATABASE_URI": database_url,
         # Pooled connections are pinged only after sitting idle (extensions.configure_pool_pings),
-        # not on every checkout as pool_pre_ping would.
-        "SQLALCHEMY_ENGINE_OPTIONS": {},
+        # not on every checkout as pool_pre_ping would. Keep the pool at least as large as the
+        # web server's threads per process: a connection beyond the pool is opened and closed
+        # for each request (on PostgreSQL a new server process every time).
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": _int(env.get("DATABASE_POOL_SIZE"), 10)},
         "REDIS_URL": redis_url,
         "RQ_QUEUES": ["default", "billing", "emails", "retries"],
         # Sessions and CSRF

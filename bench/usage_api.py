@@ -75,14 +75,15 @@ def count_events(url: str, instance: Path) -> int:
 
 
 class Gunicorn:
-    def __init__(self, target: str, env: dict[str, str], workers: int, threads: int, log: Path) -> None:
+    def __init__(self, target: str, env: dict[str, str], workers: int, threads: int, log: Path,
+                 root: Path = ROOT) -> None:
         self.port = free_port()
         self.log = open(log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--worker-class", "gthread",
              "--threads", str(threads), "--bind", f"127.0.0.1:{self.port}", "--no-control-socket",
              "--log-level", "warning", target],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -155,6 +156,10 @@ def run_backend(backend: str, args, workdir: Path) -> dict:
     if args.reference and backend == "postgres":
         servers["reference"] = (Gunicorn("bench.reference_record:app", env, args.workers, args.threads,
                                          instance / "reference.log"), "/api/v1/usage/record")
+    if args.baseline is not None:  # another checkout of the portal, e.g. before a change
+        servers["baseline"] = (Gunicorn("wsgi:app", dict(env, PYTHONPATH=str(args.baseline)), args.workers,
+                                        args.threads, instance / "baseline.log", root=args.baseline),
+                               "/api/v1/usage/record")
     servers["record"] = (Gunicorn("wsgi:app", env, args.workers, args.threads, instance / "portal.log"),
                          "/api/v1/usage/record")
     rounds: dict[str, list[dict]] = {name: [] for name in servers}
@@ -167,7 +172,8 @@ def run_backend(backend: str, args, workdir: Path) -> dict:
             server.stop()
     events = count_events(url, instance)
     ok = sum(r["ok"] for r in rounds["record"])
-    written = ok + sum(r["ok"] for r in rounds.get("reference", []))  # the reference writes events too
+    # The reference and the baseline write events too.
+    written = ok + sum(r["ok"] for name in ("reference", "baseline") for r in rounds.get(name, []))
     if pg is not None:
         pg.stop()
     med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
@@ -186,7 +192,12 @@ def run_backend(backend: str, args, workdir: Path) -> dict:
             "reference_rps": med(rounds["reference"], "rate"),
             "reference_ratio": med(rounds["reference"], "rate") / med(rounds["hello"], "rate"),
             "reference_p99_ms": med(rounds["reference"], "p99_ms"),
-            "reference_2xx": written - ok,
+        })
+    if "baseline" in rounds:
+        result.update({
+            "baseline_rps": med(rounds["baseline"], "rate"),
+            "baseline_ratio": med(rounds["baseline"], "rate") / med(rounds["hello"], "rate"),
+            "baseline_p99_ms": med(rounds["baseline"], "p99_ms"),
         })
     return result
 
@@ -200,6 +211,9 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=4, help="API keys, one ab process each")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="also serve the portal from this checkout (e.g. `git worktree add /tmp/base REV`), "
+                             "in the same rounds, to compare a change side by side")
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="skip bench/reference_record.py (PostgreSQL only), the floor of a durable record")
     args = parser.parse_args()
@@ -221,6 +235,10 @@ def main() -> int:
             print(f"\n{r['backend']}: reference (bench/reference_record.py, raw psycopg, same two round trips): "
                   f"{r['reference_rps']:.0f} rps, ratio {r['reference_ratio']:.2f}, p99 {r['reference_p99_ms']} ms; "
                   f"portal / reference {r['record_rps'] / r['reference_rps']:.2f}")
+        if "baseline_rps" in r:
+            print(f"{r['backend']}: baseline ({args.baseline}): {r['baseline_rps']:.0f} rps, ratio "
+                  f"{r['baseline_ratio']:.2f}, p99 {r['baseline_p99_ms']} ms; portal / baseline "
+                  f"{r['record_rps'] / r['baseline_rps']:.2f}")
     return 0 if all(r["consistent"] for r in results) else 1
 
 

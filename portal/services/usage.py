@@ -309,10 +309,7 @@ def _take_and_log(
         if row is None:
             return None
         return row.used, row.bonus, row.event_id if log_event else None
-    if how == usage_sql.TAKE_EXISTING:
-        row = conn.execute(usage_sql.INCREMENT_BOUNDED, params).first()
-    else:
-        row = conn.execute(sql.take[how == usage_sql.TAKE_BOUNDED], params).first()
+    row = conn.execute(sql.take[how], params).first()
     if row is None:
         return None
     event_id = conn.execute(usage_sql.INSERT_EVENT, params).scalar_one() if log_event else None

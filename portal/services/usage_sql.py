@@ -190,7 +190,7 @@ COUNTER = sa.select(_counters.c.used, _counters.c.bonus).where(_COUNTER_KEY)
 _QUANTITY = param("p_quantity", _counters.c.used)
 _ALLOWANCE_HAS_ROOM = _counters.c.used + _QUANTITY <= param("p_limit", _plan_features.c.limit) + _counters.c.bonus
 
-#: Two-step path (more than the limit at once): add to an existing counter if the allowance has room.
+#: TAKE_EXISTING (more than the limit at once): add to an existing counter if the allowance has room.
 INCREMENT_BOUNDED = (
     sa.update(_counters).where(_COUNTER_KEY, _ALLOWANCE_HAS_ROOM)
     .values(used=_counters.c.used + _QUANTITY, updated_at=param("p_at", _counters.c.updated_at))
@@ -234,10 +234,9 @@ class DialectStatements:
 
     #: Event under a client key; returns its id, or no row when the key was recorded before.
     insert_keyed_event: sa.Insert
-    #: Take units in one statement, keyed by `bounded`: insert the window's counter, or add to it
-    #: (if bounded: only when the allowance has room); returns (used, bonus), or no row when refused.
-    #: Unbounded: unlimited, USAGE, BOOLEAN, priced overage.
-    take: dict[bool, sa.Insert]
+    #: Take units in one statement, keyed by how (a TAKE_* constant): insert the window's counter
+    #: or add to it, or only add to an existing one; returns (used, bonus), or no row when refused.
+    take: dict[str, sa.Insert | sa.Update]
     #: Make sure the window's counter exists (used 0), leaving an existing one alone.
     ensure_counter: sa.Insert
     #: Add to the day's total.
@@ -336,7 +335,7 @@ def _build(dialect: str) -> DialectStatements:
         user_id=param("p_user", _daily.c.user_id), feature_id=param("p_feature", _daily.c.feature_id),
         day=param("p_day", _daily.c.day), quantity=param("p_quantity", _daily.c.quantity),
     )
-    takes = {True: take(_ALLOWANCE_HAS_ROOM), False: take(None)}
+    takes = {TAKE_UNBOUNDED: take(None), TAKE_BOUNDED: take(_ALLOWANCE_HAS_ROOM), TAKE_EXISTING: INCREMENT_BOUNDED}
     return DialectStatements(
         insert_keyed_event=keyed_event,
         take=takes,
@@ -348,11 +347,8 @@ def _build(dialect: str) -> DialectStatements:
             set_={"quantity": _daily.c.quantity + daily.excluded.quantity},
         ),
         take_and_log={
-            (how, with_event): _take_and_log(take, with_event)
-            for how, take in (
-                (TAKE_UNBOUNDED, takes[False]), (TAKE_BOUNDED, takes[True]), (TAKE_EXISTING, INCREMENT_BOUNDED),
-            )
-            for with_event in (True, False)
+            (how, with_event): _take_and_log(statement, with_event)
+            for how, statement in takes.items() for with_event in (True, False)
         } if dialect == "postgresql" else None,
     )
 

@@ -55,13 +55,18 @@ class ApiUser:
     id: int
 
 
+def _well_formed(raw: str) -> bool:
+    """Could `raw` be one of our keys at all? (Anything else is refused without a query.)"""
+    return bool(raw) and raw.startswith(PREFIX) and len(raw) <= 200
+
+
 def authenticate(raw: str) -> tuple[AuthenticatedKey, ApiUser] | None:
     """The active key and its user for a raw key, or None (unknown, revoked, or the account is disabled).
 
     One prebuilt Core SELECT of the needed columns, run on every API call and never cached, so a
     revoked key or a disabled account is refused on the very next request.
     """
-    if not raw or not raw.startswith(PREFIX) or len(raw) > 200:
+    if not _well_formed(raw):
         return None
     row = usage_sql.connection().execute(usage_sql.API_KEY_BY_HASH, {"p_hash": _digest(raw)}).first()
     if row is None:
@@ -77,7 +82,7 @@ def authenticate_with_entitlement(
     Returns the key, its user and the row of usage_sql.KEY_AND_ENTITLEMENT for
     usage.entitlement_from_row, or None like `authenticate`. `autocommit`: see usage_sql.connection.
     """
-    if not raw or not raw.startswith(PREFIX) or len(raw) > 200:
+    if not _well_formed(raw):
         return None
     row = usage_sql.connection(autocommit=autocommit).execute(
         usage_sql.KEY_AND_ENTITLEMENT, {"p_hash": _digest(raw), "p_code": feature_code}

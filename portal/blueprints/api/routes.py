@@ -58,6 +58,13 @@ def _api_error(exc: ApiError):
     return error(exc.status, exc.code, exc.message, exc.field)
 
 
+@bp.errorhandler(usage.UsageError)
+def _usage_error(exc: usage.UsageError):
+    """Bad usage input (an unknown feature, a bad quantity) is the client's 400."""
+    db.session.rollback()
+    return error(400, exc.code, exc.message, exc.field)
+
+
 @bp.errorhandler(RequestEntityTooLarge)
 def _too_large(exc):
     db.session.rollback()
@@ -67,6 +74,10 @@ def _too_large(exc):
 #: Endpoints that look their key up together with the feature's entitlement, in their own first
 #: query (one round trip instead of two on the hot path): see _authenticate_with_entitlement.
 _KEY_WITH_ENTITLEMENT = frozenset({"api.check", "api.record"})
+
+
+def _invalid_key() -> ApiError:
+    return ApiError(401, "invalid_api_key", "the API key is unknown or has been revoked")
 
 
 @bp.before_request
@@ -88,25 +99,22 @@ def _require_key() -> None:
     """Look the key up alone (every endpoint but check and record); ApiError(401) when it is not active."""
     found = api_keys.authenticate(g.raw_api_key)
     if found is None:
-        raise ApiError(401, "invalid_api_key", "the API key is unknown or has been revoked")
+        raise _invalid_key()
     g.api_key, g.api_user = found
     api_keys.touch(g.api_key)
 
 
 def _authenticate_with_entitlement(feature_code: str, *, autocommit: bool) -> usage.Entitlement:
-    """The key and the customer's entitlement to the feature, in one query; ApiError 401 or 400.
+    """The key and the customer's entitlement to the feature, in one query; ApiError 401 or UsageError.
 
     `autocommit`: the request's statements may each commit by themselves (usage_sql.connection).
     """
     found = api_keys.authenticate_with_entitlement(g.raw_api_key, feature_code, autocommit=autocommit)
     if found is None:
-        raise ApiError(401, "invalid_api_key", "the API key is unknown or has been revoked")
+        raise _invalid_key()
     g.api_key, g.api_user, row = found
     api_keys.touch(g.api_key)
-    try:
-        return usage.entitlement_from_row(row, feature_code)
-    except usage.UsageError as exc:
-        raise ApiError(400, exc.code, exc.message, exc.field) from None
+    return usage.entitlement_from_row(row, feature_code)
 
 
 def _key_first(model: type[BaseModel]) -> tuple[Any, Any]:
@@ -194,10 +202,7 @@ def check():
     """Check before using a feature."""
     _, body = _key_first(UsageRequest)
     ent = _authenticate_with_entitlement(body.feature, autocommit=True)  # reads only (and the key's last use)
-    try:
-        result = usage.check(g.api_user.id, body.feature, body.quantity, ent=ent)
-    except usage.UsageError as exc:
-        raise ApiError(400, exc.code, exc.message, exc.field) from None
+    result = usage.check(g.api_user.id, body.feature, body.quantity, ent=ent)
     status, model, headers = _answer(result, 200, ent)
     db.session.commit()  # only the key's last-used time
     return _json(status, model, headers)
@@ -231,10 +236,7 @@ def record():
         if isinstance(claim, idempotency.StoredResponse):
             db.session.commit()
             return _json(claim.status, claim.body, {"Idempotent-Replayed": "true"})
-    try:
-        result = usage.record(user_id, body.feature, body.quantity, idempotency_key=key, ent=ent)
-    except usage.UsageError as exc:
-        raise ApiError(400, exc.code, exc.message, exc.field) from None
+    result = usage.record(user_id, body.feature, body.quantity, idempotency_key=key, ent=ent)
     status, model, headers = _answer(result, 201, ent)
     payload_bytes = model.model_dump_json().encode()
     if claim is not None:

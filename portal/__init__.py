@@ -20,6 +20,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_clock(app)
     register_extensions(app)
     register_blueprints(app)
+    _limits_by_decorator_only(app)
     register_errorhandlers(app)
     register_template_helpers(app)
     register_commands(app)
@@ -52,7 +53,6 @@ def register_extensions(app: Flask) -> None:
     mail.init_app(app)
     htmx.init_app(app)
     limiter.init_app(app)
-    _limits_by_decorator_only(app, limiter)
     from portal.extensions import PortalSessionInterface
 
     app.session_interface = PortalSessionInterface()
@@ -63,16 +63,21 @@ def register_extensions(app: Flask) -> None:
     outbox.init_app(app)
 
 
-def _limits_by_decorator_only(app: Flask, limiter) -> None:
+def _limits_by_decorator_only(app: Flask) -> None:
     """Drop Flask-Limiter's per-request hook while every limit is a decorator on its view.
 
     A `@limiter.limit` view checks its own limit when it runs; the extension's global
-    before_request hook exists for default and application-wide limits, which the portal does
-    not configure, yet costs every request (the usage API's hot path most) its exemption
-    lookups. Should such limits be configured one day, the hook stays.
+    before_request hook exists for default, application-wide, blueprint and meta limits, which
+    the portal does not configure, yet costs every request (the usage API's hot path most) its
+    exemption lookups. Runs after the blueprints are registered, so a limit any of them declares
+    is seen; should such limits be configured one day (RATELIMIT_DEFAULT and friends land in the
+    limit manager), the hook stays.
     """
-    if app.config.get("RATELIMIT_DEFAULT") or app.config.get("RATELIMIT_APPLICATION") \
-            or limiter.limit_manager.default_limits or limiter.limit_manager.application_limits:
+    from portal.extensions import limiter
+
+    manager = limiter.limit_manager
+    if manager._default_limits or manager._application_limits or manager._blueprint_limits \
+            or limiter._meta_limits:
         return
     app.before_request_funcs[None].remove(limiter._check_request_limit)
 

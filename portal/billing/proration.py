@@ -9,7 +9,7 @@ from fractions import Fraction
 from .clock import as_utc
 from .money import round_half_up
 
-__all__ = ["Proration", "prorate_change"]
+__all__ = ["Proration", "prorate_change", "unused_credit"]
 
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -72,3 +72,17 @@ def prorate_change(
     else:
         charge, new_start, new_end = round_half_up(new_price * fraction), period_start, period_end
     return Proration(credit, charge, charge - credit, fraction, new_start, new_end)
+
+
+def unused_credit(paid: int, covered_start: datetime, covered_end: datetime, at: datetime) -> int:
+    """What is left at ``at`` of ``paid`` minor units bought for [covered_start, covered_end).
+
+    The credit for unused time is based on what was invoiced for the span, not on a plan's
+    current price (an edited price must not change it). Rounded half-up once.
+    """
+    _require_price(paid, "paid")
+    start, end, now = as_utc(covered_start), as_utc(covered_end), as_utc(at)
+    if end <= start:
+        raise ValueError(f"covered end {covered_end.isoformat()} is not after start {covered_start.isoformat()}")
+    clamped = min(max(now, start), end)
+    return round_half_up(paid * Fraction((end - clamped) // _MICROSECOND, (end - start) // _MICROSECOND))

@@ -95,4 +95,6 @@ class OutboxMessage(db.Model):
     #: Also the RQ job id, so enqueuing the same message twice runs it once.
     job_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
+    #: A dispatcher that claimed the message enqueues it before then; after, another may claim it.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

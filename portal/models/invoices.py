@@ -31,10 +31,20 @@ class LineKind(str, enum.Enum):
     PACKAGE = "package"
 
 
+#: Reasons of purchases that must have at most one open invoice per subscription (DESIGN §3.10):
+#: a second upgrade while one waits for the bank, a second renewal of an unpaid period.
+ONE_OPEN_PER_SUBSCRIPTION = ("upgrade", "renewal")
+_ONE_OPEN = "status = 'open' AND reason IN ({})".format(", ".join(f"'{r}'" for r in ONE_OPEN_PER_SUBSCRIPTION))
+
+
 class Invoice(db.Model):
     __tablename__ = "invoices"
     __table_args__ = (
         sa.CheckConstraint("amount_paid >= 0", name="amount_paid_not_negative"),
+        sa.CheckConstraint("amount_paid <= total", name="amount_paid_within_total"),
+        # One open plan change (and one open renewal) per subscription: the database refuses a second.
+        sa.Index("uq_invoices_open_purchase", "subscription_id", "reason", unique=True,
+                 sqlite_where=sa.text(_ONE_OPEN), postgresql_where=sa.text(_ONE_OPEN)),
         sa.Index("ix_invoices_user_created", "user_id", "created_at"),
         # The invoice list pages by keyset on id, newest first.
         sa.Index("ix_invoices_user_id_desc", "user_id", "id"),
@@ -60,6 +70,9 @@ class Invoice(db.Model):
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: e.g. "renewal:{subscription}:{period_start}" so a renewal invoices once.
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(200), unique=True)
+    #: What paying it does: a typed purchase effect ({"type": "plan_change", ...}), applied once
+    #: when the invoice is paid in full (portal.services.purchases.effects).
+    purchase: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
 
     lines: Mapped[list[InvoiceLine]] = relationship(

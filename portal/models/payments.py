@@ -27,10 +27,17 @@ class PaymentPurpose(str, enum.Enum):
     PACKAGE = "package"
 
 
+_OPEN_CARD = "provider = 'stripe' AND status IN ('pending', 'requires_action')"
+
+
 class Payment(db.Model):
     __tablename__ = "payments"
     __table_args__ = (
         sa.CheckConstraint("amount > 0", name="amount_positive"),
+        sa.CheckConstraint("amount_refunded >= 0 AND amount_refunded <= amount", name="amount_refunded_within_amount"),
+        # At most one card attempt in flight per invoice: a second one could charge twice.
+        sa.Index("uq_payments_open_card_per_invoice", "invoice_id", unique=True,
+                 sqlite_where=sa.text(_OPEN_CARD), postgresql_where=sa.text(_OPEN_CARD)),
         sa.Index("ix_payments_user_created", "user_id", "created_at"),
         sa.Index("ix_payments_invoice", "invoice_id"),
         sa.Index("ix_payments_status_created", "status", "created_at"),
@@ -46,15 +53,20 @@ class Payment(db.Model):
     #: "stripe" for cards, "wallet" for wallet debits.
     provider: Mapped[str] = mapped_column(sa.String(16))
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
-    #: Our key, also sent to Stripe as its Idempotency-Key.
+    #: Our natural key for this attempt ("invoice:INV-000012:card:1"): the same attempt is one row.
     idempotency_key: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    #: The Idempotency-Key sent to Stripe, fixed when the row is written and reused by every retry:
+    #: the installation's prefix, our key and a random part, so keys never collide across
+    #: installations sharing a Stripe account or after a database restore. NULL for wallet payments.
+    stripe_idempotency_key: Mapped[str | None] = mapped_column(sa.String(255), unique=True)
     failure_code: Mapped[str | None] = mapped_column(sa.String(64))
     failure_message: Mapped[str | None] = mapped_column(sa.Text)
+    #: Minor units given back so far (to the card, or to the wallet for wallet payments).
     amount_refunded: Mapped[int] = mapped_column(MinorUnits, default=0)
     #: Our saved card it was charged to, if any.
     payment_method_id: Mapped[int | None] = mapped_column(sa.ForeignKey("payment_methods.id", ondelete="SET NULL"))
     description: Mapped[str] = mapped_column(sa.String(255), default="")
-    #: What settling this payment must do (e.g. the plan change it pays for); applied once.
+    #: Extra facts about the attempt (older rows: the purchase it paid for; now on the invoice).
     data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now, onupdate=now)

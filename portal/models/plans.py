@@ -36,6 +36,9 @@ class Plan(db.Model):
         sa.CheckConstraint("interval_count >= 1", name="interval_count_positive"),
         sa.CheckConstraint("trial_days >= 0", name="trial_days_not_negative"),
         sa.Index("ix_plans_public_order", "is_public", "is_archived", "sort_order"),
+        # One default (Free) plan at most.
+        sa.Index("uq_plans_one_default", "is_default", unique=True,
+                 sqlite_where=sa.text("is_default"), postgresql_where=sa.text("is_default")),
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)

@@ -39,6 +39,9 @@ class WalletEntry(db.Model):
     __tablename__ = "wallet_entries"
     __table_args__ = (
         sa.CheckConstraint("amount <> 0", name="amount_not_zero"),
+        # Money in is positive, money out negative; refunds and adjustments go either way.
+        sa.CheckConstraint("(kind IN ('topup', 'credit') AND amount > 0) OR (kind = 'payment' AND amount < 0)"
+                           " OR kind IN ('refund', 'adjustment')", name="kind_agrees_with_sign"),
         sa.CheckConstraint("balance_after >= 0", name="balance_after_not_negative"),
         # Keyset pagination of a wallet's ledger (newest first) and filtering by kind.
         sa.Index("ix_wallet_entries_wallet_id_desc", "wallet_id", "id"),

@@ -31,7 +31,11 @@ class AuthenticationRequired(PaymentError):
 
 
 class TransientPaymentError(PaymentError):
-    pass
+    """The provider did not answer (network, timeout, rate limit, 5xx): the outcome is unknown.
+
+    Never a decline: the charge may have gone through. The payment stays pending with its
+    idempotency key, and a retry or the reconciler asks Stripe what happened (DESIGN §3.9).
+    """
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,9 @@ def classify(error: stripe.StripeError, intent_id: str | None = None) -> Payment
         return TransientPaymentError("provider_error", "The payment service had a problem. Please try again shortly.",
                                      RetryStrategy.EXPONENTIAL, intent_id=intent_id)
     if isinstance(error, stripe.IdempotencyError):
+        if (error.http_status or 0) == 409:  # the first request with this key is still running
+            return TransientPaymentError("in_progress", "This payment is still being processed. "
+                                         "Check again in a moment.", RetryStrategy.EXPONENTIAL, intent_id=intent_id)
         return PaymentError("idempotency_conflict", "This payment conflicts with an earlier attempt.",
                             RetryStrategy.MANUAL, intent_id=intent_id)
     return PaymentError(error.code or error.__class__.__name__.lower(),

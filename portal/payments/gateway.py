@@ -1,6 +1,8 @@
 """Stripe calls (stripe-python), each with our own idempotency key. No database writes here."""
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,19 @@ def _options(key: str | None) -> dict[str, Any]:
     return {"idempotency_key": key} if key else {}
 
 
+def key_prefix() -> str:
+    """This installation's start of every Idempotency-Key sent to Stripe.
+
+    STRIPE_IDEMPOTENCY_PREFIX when set, else derived from SECRET_KEY: two installations sharing
+    one Stripe account (staging and production, say) never send each other's keys.
+    """
+    cfg = current_app.config
+    prefix = cfg.get("STRIPE_IDEMPOTENCY_PREFIX")
+    if not prefix:
+        prefix = "sp" + hashlib.sha256(f"stripe-keys:{cfg['SECRET_KEY']}".encode()).hexdigest()[:10]
+    return prefix
+
+
 @dataclass(frozen=True)
 class CardDetails:
     stripe_id: str
@@ -45,11 +60,15 @@ class ChargeResult:
 
 
 def create_customer(email: str, name: str, user_id: int) -> str:
-    """A Stripe customer for one of our users; the same user always maps to the same key."""
+    """A Stripe customer for one of our users; the same user always maps to the same key.
+
+    The key names the email too: after a database restore a reused user id belongs to someone else.
+    """
+    email_hash = hashlib.sha256(email.lower().encode()).hexdigest()[:12]
     try:
         customer = client().v1.customers.create(
             params={"email": email, "name": name or email, "metadata": {"user_id": str(user_id)}},
-            options=_options(f"customer:{user_id}"),
+            options=_options(f"{key_prefix()}:customer:{user_id}:{email_hash}"),
         )
     except stripe.StripeError as exc:
         raise classify(exc) from exc
@@ -144,6 +163,38 @@ def charge(
 def retrieve_intent(intent_id: str):
     try:
         return client().v1.payment_intents.retrieve(intent_id)
+    except stripe.StripeError as exc:
+        raise classify(exc, intent_id) from exc
+
+
+def find_intent(customer_id: str, metadata: Mapping[str, str]):
+    """The customer's PaymentIntent whose metadata holds all of `metadata`, or None.
+
+    For a charge whose answer never reached us (a timeout, a crash): we know what we sent, not the
+    id Stripe gave it. The newest 100 intents of the customer are enough for a payment that is
+    reconciled within hours.
+    """
+    try:
+        page = client().v1.payment_intents.list(params={"customer": customer_id, "limit": 100})
+    except stripe.StripeError as exc:
+        raise classify(exc) from exc
+    for intent in page.data:
+        found = intent.metadata or {}
+        if all(found.get(key) == value for key, value in metadata.items()):
+            return intent
+    return None
+
+
+def cancel_intent(intent_id: str):
+    """Cancel a PaymentIntent that has not been paid; returns the intent as Stripe now has it.
+
+    An intent that can no longer be cancelled (it succeeded, or is processing) is returned as it
+    is, so the caller settles what actually happened.
+    """
+    try:
+        return client().v1.payment_intents.cancel(intent_id)
+    except stripe.InvalidRequestError:
+        return retrieve_intent(intent_id)
     except stripe.StripeError as exc:
         raise classify(exc, intent_id) from exc
 

@@ -328,6 +328,30 @@ def invoice_payments(invoice: Invoice) -> list[Payment]:
     ))
 
 
+@dataclass(frozen=True)
+class PendingUpgrade:
+    """An upgrade still open (waiting for the bank, or for an answer from Stripe)."""
+
+    invoice: Invoice
+    plan: Plan | None
+    payment: Payment | None
+
+
+def pending_upgrade(sub: Subscription) -> PendingUpgrade | None:
+    invoice = db.session.scalar(
+        sa.select(Invoice).where(Invoice.subscription_id == sub.id, Invoice.reason == "upgrade",
+                                 Invoice.status == InvoiceStatus.OPEN).limit(1)
+    )
+    if invoice is None:
+        return None
+    plan_id = (invoice.purchase or {}).get("plan_id")
+    payment = db.session.scalar(
+        sa.select(Payment).where(Payment.invoice_id == invoice.id, Payment.provider == "stripe")
+        .order_by(Payment.id.desc()).limit(1)
+    )
+    return PendingUpgrade(invoice, db.session.get(Plan, plan_id) if plan_id else None, payment)
+
+
 def owned_payment(user_id: int, payment_id: int) -> Payment | None:
     return db.session.scalar(sa.select(Payment).where(Payment.id == payment_id, Payment.user_id == user_id))
 

@@ -58,10 +58,11 @@ def create_invoice(
     period_start: datetime | None = None,
     period_end: datetime | None = None,
     idempotency_key: str | None = None,
+    purchase: dict[str, Any] | None = None,
 ) -> Invoice:
     """Write an open invoice with its lines; the same idempotency key returns the first invoice."""
     if idempotency_key is not None:
-        existing = db.session.scalar(sa.select(Invoice).where(Invoice.idempotency_key == idempotency_key))
+        existing = by_key(idempotency_key)
         if existing is not None:
             return existing
     invoice = Invoice(
@@ -77,6 +78,7 @@ def create_invoice(
         period_end=period_end,
         due_at=now(),
         idempotency_key=idempotency_key,
+        purchase=purchase or {},
         created_at=now(),
     )
     for position, draft in enumerate(lines, start=1):
@@ -90,6 +92,34 @@ def create_invoice(
     return invoice
 
 
+def by_key(idempotency_key: str) -> Invoice | None:
+    return db.session.scalar(sa.select(Invoice).where(Invoice.idempotency_key == idempotency_key))
+
+
+def lock(invoice_id: int) -> Invoice:
+    """The invoice, re-read and locked until the transaction ends (FOR UPDATE; SQLite's writer lock).
+
+    Everything that pays, settles or releases an invoice takes this lock first, so a request and a
+    webhook working on the same invoice take turns.
+    """
+    return db.session.execute(
+        sa.select(Invoice).where(Invoice.id == invoice_id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def open_for_subscription(subscription_id: int, reason: str) -> Invoice | None:
+    """The open invoice of this kind for the subscription (one at most for upgrades and renewals)."""
+    return db.session.scalar(
+        sa.select(Invoice).where(Invoice.subscription_id == subscription_id, Invoice.reason == reason,
+                                 Invoice.status == InvoiceStatus.OPEN).order_by(Invoice.id.desc()).limit(1)
+    )
+
+
+class InvoiceClosed(ValueError):
+    """The invoice cannot take this payment: it is not open, or the payment is more than it owes."""
+
+
 def record_payment(invoice: Invoice, amount: int) -> bool:
     """Add a payment to the invoice by a guarded update; returns True when it is now paid in full."""
     table = Invoice.__table__
@@ -101,7 +131,7 @@ def record_payment(invoice: Invoice, amount: int) -> bool:
         .returning(table.c.amount_paid, table.c.total)
     ).first()
     if row is None:
-        raise ValueError(f"invoice {invoice.number} cannot take a payment of {amount}")
+        raise InvoiceClosed(f"invoice {invoice.number} cannot take a payment of {amount}")
     paid = row.amount_paid >= row.total
     if paid:
         db.session.execute(sa.update(table).where(table.c.id == invoice.id)

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from portal.billing.money import minor_exponent
 from portal.extensions import db
-from portal.models import EntryKind, Payment, PaymentPurpose, Wallet, WalletEntry
+from portal.models import EntryKind, Payment, PaymentPurpose, Refund, Wallet, WalletEntry
 
 PAGE_SIZE = 50
 CSV_BATCH = 1000
@@ -146,16 +146,14 @@ def owned_topup(user_id: int, payment_id: int) -> Payment | None:
     )
 
 
-def topup_by_key(user_id: int, idempotency_key: str) -> Payment | None:
-    """The top-up a form submission already started (its key comes from the form's one-time token)."""
-    return db.session.scalar(
-        sa.select(Payment).where(Payment.idempotency_key == idempotency_key, Payment.user_id == user_id)
-    )
-
-
 def topup_entry(payment: Payment) -> WalletEntry | None:
-    """The ledger entry a settled top-up wrote (payments.settle keys it `topup:<payment id>`)."""
+    """The ledger entry a settled top-up wrote (the TopUp purchase keys it `topup:<payment id>`)."""
     return db.session.scalar(sa.select(WalletEntry).where(WalletEntry.idempotency_key == f"topup:{payment.id}"))
+
+
+def topup_given_back(payment: Payment) -> Refund | None:
+    """The refund of a top-up that was paid but could not be credited (it arrived after being cancelled)."""
+    return db.session.scalar(sa.select(Refund).where(Refund.payment_id == payment.id).order_by(Refund.id).limit(1))
 
 
 def csv_chunks(wallet_id: int, flt: LedgerFilter, *, batch: int = CSV_BATCH) -> Iterator[str]:

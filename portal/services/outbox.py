@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import redis
 from flask import Flask, current_app
 from rq import Queue
 from rq.job import Job
-from sqlalchemy import event, select, update
+from sqlalchemy import event, or_, select, update
 from sqlalchemy.orm import Session
 
 from portal.clock import now
@@ -70,28 +71,58 @@ def _after_commit(session: Session) -> None:
         log.warning("outbox: could not enqueue %d message(s) now; they stay pending", len(ids), exc_info=True)
 
 
+#: A dispatcher that claimed a message has this long to enqueue it before another may.
+CLAIM_FOR = timedelta(seconds=60)
+
+
 def dispatch(ids: list[int] | None = None, limit: int = 500) -> int:
-    """Push pending messages (the given ids, or the oldest `limit`) to RQ; returns how many."""
+    """Push pending messages (the given ids, or the oldest `limit`) to RQ; returns how many.
+
+    Each message is claimed first by a guarded update, so an after-commit dispatch and the sweep
+    (or two sweeps) never both enqueue it; a claim that is never completed (the process died)
+    lapses after CLAIM_FOR and the sweep takes the message again.
+    """
+    table = OutboxMessage.__table__
     with db.engine.begin() as conn:
-        stmt = select(OutboxMessage.__table__).where(OutboxMessage.enqueued_at.is_(None))
-        stmt = stmt.where(OutboxMessage.id.in_(ids)) if ids else stmt.order_by(OutboxMessage.id).limit(limit)
+        stmt = select(table).where(table.c.enqueued_at.is_(None))
+        stmt = stmt.where(table.c.id.in_(ids)) if ids else stmt.order_by(table.c.id).limit(limit)
         rows = conn.execute(stmt).mappings().all()
     sent = 0
     for row in rows:
-        connection = redis_connection()
-        # A job id that already exists was pushed by another dispatcher: do not run it twice.
-        if not Job.exists(row["job_id"], connection=connection):
-            Queue(row["queue"], connection=connection).enqueue(
-                row["func"], *row["args"], job_id=row["job_id"], result_ttl=86400, failure_ttl=7 * 86400
-            )
+        if not _claim(row["id"]):
+            continue  # another dispatcher has it
+        try:
+            connection = redis_connection()
+            # A job id that already exists was pushed by a dispatcher that died before marking it.
+            if not Job.exists(row["job_id"], connection=connection):
+                Queue(row["queue"], connection=connection).enqueue(
+                    row["func"], *row["args"], job_id=row["job_id"], result_ttl=86400, failure_ttl=7 * 86400
+                )
+        except Exception:
+            _unclaim(row["id"])
+            raise
         with db.engine.begin() as conn:
-            conn.execute(
-                update(OutboxMessage.__table__)
-                .where(OutboxMessage.__table__.c.id == row["id"])
-                .values(enqueued_at=now())
-            )
+            conn.execute(update(table).where(table.c.id == row["id"]).values(enqueued_at=now()))
         sent += 1
     return sent
+
+
+def _claim(message_id: int) -> bool:
+    table = OutboxMessage.__table__
+    at = now()
+    with db.engine.begin() as conn:
+        return conn.execute(
+            update(table).where(table.c.id == message_id, table.c.enqueued_at.is_(None),
+                                or_(table.c.claimed_until.is_(None), table.c.claimed_until < at))
+            .values(claimed_until=at + CLAIM_FOR)
+        ).rowcount == 1
+
+
+def _unclaim(message_id: int) -> None:
+    table = OutboxMessage.__table__
+    with db.engine.begin() as conn:
+        conn.execute(update(table).where(table.c.id == message_id, table.c.enqueued_at.is_(None))
+                     .values(claimed_until=None))
 
 
 def dispatch_pending(limit: int = 500) -> int:

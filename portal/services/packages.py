@@ -2,25 +2,22 @@
 
 Only QUOTA features priced in PACKAGEs can be bought in advance. USAGE features with package
 pricing (SMS on Business) are billed in arrears by consumption, so there is nothing to buy.
-The prepaid units are added by the payments service when the invoice is paid, exactly once.
+The prepaid units are added by the PackagePurchase effect when the invoice is paid, exactly once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-
-import sqlalchemy as sa
+from typing import ClassVar
 
 from portal.billing.features import FeatureType
 from portal.billing.pricing import PricingModel, build_pricing
 from portal.clock import now
-from portal.extensions import db
-from portal.models import Invoice, InvoiceStatus, LineKind, Payment, PaymentStatus, PlanFeature, User
-from portal.models.errors import RetryStrategy
-from portal.payments.errors import PaymentError
-from portal.services import invoices, payments, usage
+from portal.models import Invoice, LineKind, Payment, PlanFeature, User
+from portal.services import purchases, usage
 from portal.services.invoices import LineDraft
-from portal.services.payments import Outcome
+from portal.services.purchases import Outcome
+from portal.services.subscriptions import live_subscription
 
 MIN_PACKAGES, MAX_PACKAGES = 1, 100
 
@@ -112,8 +109,8 @@ def quote(offer: Offer, packages: int) -> Quote:
 def buy(user: User, feature_code: str, packages: int, token: str) -> Outcome:
     """Invoice and pay for prepaid packages; `token` comes from the form, so a double submit buys once.
 
-    Raises PackageError when the plan sells no packages of the feature. Commits (the payment
-    is committed before the card is charged, see services.payments).
+    Raises PackageError when the plan sells no packages of the feature. Commits (the purchase path
+    commits the pending payment before the card is charged).
     """
     try:
         ent = usage.entitlement(user.id, feature_code)
@@ -129,33 +126,36 @@ def buy(user: User, feature_code: str, packages: int, token: str) -> Outcome:
         unit_price=offer.package_price, feature_id=ent.feature.id, breakdown=list(priced.breakdown),
         period_start=period.start, period_end=period.end,
     )
-    invoice = invoices.create_invoice(
-        user.id, offer.currency, [line], reason="package",
-        subscription_id=ent.subscription.id if ent.subscription else None,
-        period_start=period.start, period_end=period.end, idempotency_key=f"package:{user.id}:{token}",
-    )
-    effects = {"type": "package", "feature": ent.feature.code, "units": priced.units}
-    earlier = _earlier_attempt(invoice)
-    if earlier is not None:
-        return earlier
-    return payments.pay_invoice(user, invoice, effects=effects)
+    subscription_id = ent.subscription.id if ent.subscription else None
+    effect = PackagePurchase(feature=ent.feature.code, units=priced.units, plan_id=ent.plan.id,
+                             subscription_id=subscription_id)
+    return purchases.buy(user, effect, [line], key=f"package:{user.id}:{token}", currency=offer.currency,
+                         subscription_id=subscription_id, period_start=period.start, period_end=period.end)
 
 
-def _earlier_attempt(invoice: Invoice) -> Outcome | None:
-    """The outcome of a purchase already made with the same form token (a double submit), if any."""
-    if invoice.status is InvoiceStatus.PAID:
-        return Outcome("paid")
-    latest = db.session.scalar(
-        sa.select(Payment).where(Payment.invoice_id == invoice.id, Payment.provider == "stripe")
-        .order_by(Payment.id.desc()).limit(1)
-    )
-    if invoice.status is not InvoiceStatus.OPEN:
-        message = (latest.failure_message if latest is not None and latest.failure_message
-                   else "This purchase was not completed.")
-        code = latest.failure_code if latest is not None and latest.failure_code else "not_completed"
-        return Outcome("failed", latest, error=PaymentError(code, message, RetryStrategy.MANUAL))
-    if latest is not None and latest.status is PaymentStatus.REQUIRES_ACTION:
-        return Outcome("requires_action", latest)
-    if latest is not None and latest.status is PaymentStatus.PENDING:
-        return Outcome("processing", latest)
-    return None
+@purchases.register
+@dataclass(frozen=True)
+class PackagePurchase(purchases.Effect):
+    """Prepaid units of a QUOTA feature: they raise this period's allowance once paid."""
+
+    kind: ClassVar[str] = "package"
+    reason: ClassVar[str] = "package"
+
+    feature: str
+    units: int
+    #: The plan the package was priced on (absent on older invoices).
+    plan_id: int | None = None
+    subscription_id: int | None = None
+
+    def describe(self) -> str:
+        return "your package"
+
+    def check(self, invoice: Invoice) -> None:
+        if self.plan_id is None:
+            return
+        sub = live_subscription(invoice.user_id)
+        if sub is None or sub.plan_id != self.plan_id:
+            raise purchases.Stale("the plan this package was priced on is no longer yours")
+
+    def apply(self, invoice: Invoice, payment: Payment | None) -> None:
+        usage.add_prepaid_units(invoice.user_id, self.feature, int(self.units))

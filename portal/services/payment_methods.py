@@ -8,6 +8,7 @@ from portal.extensions import db
 from portal.models import PaymentMethod, User
 from portal.payments import gateway
 from portal.payments.errors import PaymentError
+from portal.services import outbox
 from portal.services.payments import ensure_customer
 
 
@@ -67,8 +68,10 @@ def set_default(method: PaymentMethod) -> None:
 
 
 def remove(method: PaymentMethod) -> None:
-    """Detach the card at Stripe and forget it; the next card becomes the default."""
-    gateway.detach_payment_method(method.stripe_payment_method_id)
+    """Forget the card (the next one becomes the default); it is detached at Stripe by a job once
+    this transaction commits, so a rolled-back removal leaves the card usable in both places."""
+    outbox.enqueue_after_commit("worker.payments.detach_card", method.stripe_payment_method_id,
+                                queue_name="billing")
     was_default, user_id = method.is_default, method.user_id
     db.session.delete(method)
     db.session.flush()

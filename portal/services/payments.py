@@ -1,15 +1,20 @@
-"""Paying for things: wallet first, then the saved card; settling is idempotent.
+"""Payment rows and the card calls behind them: the lowest layer of paying.
 
-A card payment is written as a pending Payment and committed *before* Stripe is called, so a
-crash between the two leaves a record to reconcile (the webhook or a retry settles it). The
-Stripe idempotency key is the Payment's own key. Settling (the request that saw the charge
-succeed, or the webhook, whichever comes first) moves the Payment from pending to succeeded
-by a guarded update, so its effects (credit the wallet, pay the invoice, change the plan)
-happen exactly once.
+A card payment is a Payment row written (and, by the purchase path, committed) as pending
+before Stripe is called, with a Stripe Idempotency-Key fixed on the row: every retry sends the
+same key, so a charge whose answer was lost is never made twice (DESIGN §3.9). Status moves
+are guarded updates (`... WHERE status IN (open statuses)`), so a request and a webhook racing
+over the same payment move it once.
+
+This module knows payments and Stripe, nothing of what is bought: invoices, their effects and
+the purchase flow live in `portal.services.purchases`, which calls down into this one.
 """
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,36 +22,37 @@ import sqlalchemy as sa
 from portal.clock import now
 from portal.extensions import db
 from portal.models import (
-    EntryKind,
     Invoice,
-    InvoiceStatus,
     Payment,
     PaymentMethod,
     PaymentPurpose,
     PaymentStatus,
+    Refund,
+    RefundStatus,
+    RetryStrategy,
     User,
 )
 from portal.payments import gateway
-from portal.payments.errors import PaymentError
-from portal.services import invoices, wallet
+from portal.payments.errors import PaymentError, TransientPaymentError
 
-_OPEN = (PaymentStatus.PENDING.value, PaymentStatus.REQUIRES_ACTION.value)
+#: A card payment that may still move: not yet answered, or waiting for the customer's bank.
+OPEN_STATUSES = (PaymentStatus.PENDING, PaymentStatus.REQUIRES_ACTION)
+#: Stripe forgets an Idempotency-Key after 24 hours; past this a lost charge is never re-sent.
+RESEND_WITHIN = timedelta(hours=23)
 
 
 class NoPaymentMethod(PaymentError):
     def __init__(self) -> None:
-        from portal.models.errors import RetryStrategy
-
         super().__init__("no_payment_method", "Add a card first: the wallet does not cover this amount.",
                          RetryStrategy.MANUAL)
 
 
-@dataclass
-class Outcome:
-    """What a payment attempt came to, for the page that started it."""
+@dataclass(frozen=True)
+class Submission:
+    """What Stripe answered to a charge."""
 
-    status: str  #: paid, requires_action, failed
-    payment: Payment | None = None
+    #: succeeded, processing, requires_action, declined (a definite no) or unknown (no answer).
+    status: str
     client_secret: str | None = None
     error: PaymentError | None = None
 
@@ -66,182 +72,231 @@ def default_method(user_id: int) -> PaymentMethod | None:
     )
 
 
+def open_card_payment(invoice_id: int) -> Payment | None:
+    """The card attempt in flight for an invoice (at most one: a partial unique index)."""
+    return db.session.scalar(
+        sa.select(Payment).where(Payment.invoice_id == invoice_id, Payment.provider == "stripe",
+                                 Payment.status.in_(OPEN_STATUSES))
+    )
+
+
+def latest_card_payment(invoice_id: int) -> Payment | None:
+    return db.session.scalar(
+        sa.select(Payment).where(Payment.invoice_id == invoice_id, Payment.provider == "stripe")
+        .order_by(Payment.id.desc()).limit(1)
+    )
+
+
 def begin_card_payment(
-    user: User,
-    amount: int,
-    currency: str,
+    invoice: Invoice,
+    method: PaymentMethod,
     *,
     purpose: PaymentPurpose,
-    idempotency_key: str,
     description: str,
-    data: dict[str, Any] | None = None,
-    invoice: Invoice | None = None,
-    method: PaymentMethod | None = None,
 ) -> Payment:
-    """Write the pending card payment (commit before calling `charge`)."""
-    method = method or default_method(user.id)
-    if method is None:
-        raise NoPaymentMethod()
-    existing = db.session.scalar(sa.select(Payment).where(Payment.idempotency_key == idempotency_key))
-    if existing is not None:
-        return existing
+    """Write the pending card attempt for what the invoice still owes (flushes; commit before `submit`)."""
+    attempt = 1 + db.session.scalar(
+        sa.select(sa.func.count(Payment.id)).where(Payment.invoice_id == invoice.id, Payment.provider == "stripe")
+    )
+    key = f"invoice:{invoice.number}:card:{attempt}"
     payment = Payment(
-        user_id=user.id, invoice_id=invoice.id if invoice else None, purpose=purpose, amount=amount,
-        currency=currency, status=PaymentStatus.PENDING, provider="stripe", idempotency_key=idempotency_key,
-        payment_method_id=method.id, description=description, data=data or {}, created_at=now(),
+        user_id=invoice.user_id, invoice_id=invoice.id, purpose=purpose, amount=invoice.amount_due,
+        currency=invoice.currency, status=PaymentStatus.PENDING, provider="stripe", idempotency_key=key,
+        stripe_idempotency_key=f"{gateway.key_prefix()}:{key}:{uuid.uuid4().hex[:12]}",
+        payment_method_id=method.id, description=description, data={}, created_at=now(),
     )
     db.session.add(payment)
     db.session.flush()
     return payment
 
 
-def charge(payment: Payment, *, off_session: bool = False) -> Outcome:
-    """Call Stripe for a pending payment and record the answer (flushes; the caller commits)."""
+def stripe_key(payment: Payment) -> str:
+    """The Idempotency-Key this payment is sent to Stripe with (rows older than the column used their own key)."""
+    return payment.stripe_idempotency_key or payment.idempotency_key
+
+
+def submit(payment: Payment, *, off_session: bool = False) -> Submission:
+    """Send the charge to Stripe and record its answer on the row (flushes; the caller commits).
+
+    A definite refusal comes back as "declined" with its error, the row left for the caller to
+    fail; no answer at all (network, timeout, 5xx) comes back as "unknown" and leaves the row
+    pending, with the same key for the next try.
+    """
     user = db.session.get(User, payment.user_id)
-    method = db.session.get(PaymentMethod, payment.payment_method_id)
+    method = db.session.get(PaymentMethod, payment.payment_method_id) if payment.payment_method_id else None
+    if method is None:
+        return Submission("declined", error=NoPaymentMethod())
     try:
         result = gateway.charge(
             amount=payment.amount, currency=payment.currency, customer_id=ensure_customer(user),
-            payment_method_id=method.stripe_payment_method_id, idempotency_key=payment.idempotency_key,
-            off_session=off_session,
-            metadata={"payment_id": str(payment.id), "user_id": str(user.id), "purpose": payment.purpose.value},
+            payment_method_id=method.stripe_payment_method_id, idempotency_key=stripe_key(payment),
+            off_session=off_session, metadata=intent_metadata(payment),
         )
+    except TransientPaymentError as error:
+        if error.intent_id:
+            attach_intent(payment, error.intent_id)
+        return Submission("unknown", error=error)
     except PaymentError as error:
-        fail(payment, error.code, error.message, intent_id=error.intent_id)
-        return Outcome("failed", payment, error=error)
-    _attach_intent(payment, result.intent_id)
-    if result.status == "succeeded":
-        settle(payment.id)
-        return Outcome("paid", payment)
+        if error.intent_id:
+            attach_intent(payment, error.intent_id)
+        return Submission("declined", error=error)
+    attach_intent(payment, result.intent_id)
     if result.status == "requires_action":
-        _set_status(payment, PaymentStatus.REQUIRES_ACTION)
-        return Outcome("requires_action", payment, client_secret=result.client_secret)
-    return Outcome("processing", payment)  # settled later by the webhook
+        _move(payment, OPEN_STATUSES, status=PaymentStatus.REQUIRES_ACTION)
+    return Submission(result.status, client_secret=result.client_secret)
 
 
-def _attach_intent(payment: Payment, intent_id: str) -> None:
+def intent_metadata(payment: Payment) -> dict[str, str]:
+    """What we tell Stripe about the charge; also how we find it again when its answer was lost."""
+    return {"payment_id": str(payment.id), "user_id": str(payment.user_id), "purpose": payment.purpose.value,
+            "key": payment.idempotency_key}
+
+
+def attach_intent(payment: Payment, intent_id: str) -> None:
     if payment.stripe_payment_intent_id is None:
         payment.stripe_payment_intent_id = intent_id
         db.session.flush()
 
 
-def _set_status(payment: Payment, status: PaymentStatus) -> None:
-    db.session.execute(sa.update(Payment).where(Payment.id == payment.id, Payment.status.in_(_OPEN))
-                       .values(status=status, updated_at=now()).execution_options(synchronize_session=False))
-    db.session.refresh(payment)
+def find_intent(payment: Payment) -> Mapping[str, Any] | None:
+    """Stripe's PaymentIntent for this payment as a dict: by its id, else by the metadata we sent.
+
+    None when Stripe has no intent for it (the charge never reached Stripe). Raises PaymentError
+    when Stripe cannot be asked right now.
+    """
+    if payment.stripe_payment_intent_id:
+        return gateway.retrieve_intent(payment.stripe_payment_intent_id).to_dict()
+    user = db.session.get(User, payment.user_id)
+    if user.stripe_customer_id is None:
+        return None
+    intent = gateway.find_intent(user.stripe_customer_id, {"payment_id": str(payment.id),
+                                                           "key": payment.idempotency_key})
+    if intent is None:
+        return None
+    attach_intent(payment, intent.id)
+    return intent.to_dict()
 
 
-def settle(payment_id: int) -> bool:
-    """Mark a payment succeeded and apply its effects, once. Returns False if it was already settled."""
+def may_resend(payment: Payment) -> bool:
+    """Whether a charge that never reached Stripe may be sent again with its key (Stripe keeps keys 24 h)."""
+    return now() - payment.created_at < RESEND_WITHIN
+
+
+def cancel_intent(payment: Payment) -> Mapping[str, Any] | None:
+    """Cancel the payment's PaymentIntent at Stripe; returns the intent as Stripe now has it."""
+    if not payment.stripe_payment_intent_id:
+        return None
+    return gateway.cancel_intent(payment.stripe_payment_intent_id).to_dict()
+
+
+# --- status moves (guarded) ------------------------------------------------------------------------
+
+def _move(payment: Payment, allowed: tuple[PaymentStatus, ...], **values: Any) -> bool:
     moved = db.session.execute(
-        sa.update(Payment).where(Payment.id == payment_id, Payment.status.in_(_OPEN))
-        .values(status=PaymentStatus.SUCCEEDED, updated_at=now()).execution_options(synchronize_session=False)
-    ).rowcount
-    payment = db.session.get(Payment, payment_id)
-    db.session.refresh(payment)
-    if not moved:
-        return False
-    if payment.purpose is PaymentPurpose.TOPUP:
-        wallet.credit(payment.user_id, payment.amount, kind=EntryKind.TOPUP,
-                      reason=payment.description or "Wallet top-up by card",
-                      idempotency_key=f"topup:{payment.id}", reference=f"payment:{payment.id}")
-    elif payment.invoice_id is not None:
-        invoice = db.session.get(Invoice, payment.invoice_id)
-        if invoices.record_payment(invoice, payment.amount):
-            apply_invoice_effects(invoice, payment.data)
-    return True
-
-
-def fail(payment: Payment, code: str, message: str, *, intent_id: str | None = None) -> bool:
-    """Record a refused payment; return any wallet part of its invoice and void the invoice."""
-    if intent_id:
-        _attach_intent(payment, intent_id)
-    moved = db.session.execute(
-        sa.update(Payment).where(Payment.id == payment.id, Payment.status.in_(_OPEN))
-        .values(status=PaymentStatus.FAILED, failure_code=code, failure_message=message, updated_at=now())
-        .execution_options(synchronize_session=False)
+        sa.update(Payment).where(Payment.id == payment.id, Payment.status.in_(allowed))
+        .values(updated_at=now(), **values).execution_options(synchronize_session=False)
     ).rowcount
     db.session.refresh(payment)
-    if moved and payment.invoice_id is not None:
-        invoice = db.session.get(Invoice, payment.invoice_id)
-        release_invoice(invoice)
     return bool(moved)
 
 
-def release_invoice(invoice: Invoice) -> None:
-    """Give back what the wallet already paid toward an invoice that will not be paid, and void it."""
-    if invoice.status is not InvoiceStatus.OPEN:
-        return
-    wallet_paid = int(db.session.scalar(
-        sa.select(sa.func.coalesce(sa.func.sum(Payment.amount), 0)).where(
-            Payment.invoice_id == invoice.id, Payment.provider == "wallet",
-            Payment.status == PaymentStatus.SUCCEEDED)
-    ))  # SUM of bigint is NUMERIC on PostgreSQL
-    if wallet_paid:
-        wallet.credit(invoice.user_id, wallet_paid, kind=EntryKind.REFUND,
-                      reason=f"Returned: card payment for {invoice.number} failed",
-                      idempotency_key=f"invoice:{invoice.number}:wallet-return", reference=f"invoice:{invoice.number}")
-        db.session.execute(sa.update(Payment).where(Payment.invoice_id == invoice.id, Payment.provider == "wallet",
-                                                    Payment.status == PaymentStatus.SUCCEEDED)
-                           .values(status=PaymentStatus.REFUNDED, amount_refunded=Payment.amount, updated_at=now()))
-    invoices.void(invoice, "payment failed")
+def mark_succeeded(payment: Payment) -> bool:
+    """pending / requires_action → succeeded, once. A payment recorded as failed that Stripe reports as
+    paid moves too: Stripe holds the money, so the books must say so (the purchase path gives it back)."""
+    return _move(payment, (*OPEN_STATUSES, PaymentStatus.FAILED), status=PaymentStatus.SUCCEEDED)
 
 
-def pay_from_wallet(user: User, invoice: Invoice, *, effects: dict[str, Any]) -> int:
-    """Take what the wallet can of the invoice's amount due; returns the amount taken."""
-    take = min(wallet.get_wallet(user.id, invoice.currency).balance, invoice.amount_due)
-    if take <= 0:
-        return 0
-    key = f"invoice:{invoice.number}:wallet"
-    wallet.debit(user.id, take, reason=f"Payment of {invoice.number}", idempotency_key=key,
-                 reference=f"invoice:{invoice.number}")
+def mark_failed(payment: Payment, code: str, message: str) -> bool:
+    """pending / requires_action → failed, once."""
+    return _move(payment, OPEN_STATUSES, status=PaymentStatus.FAILED, failure_code=code[:64],
+                 failure_message=message)
+
+
+def wallet_payment(invoice: Invoice, amount: int, key: str, *, description: str) -> Payment:
+    """The record of a wallet debit toward an invoice (the debit itself is the caller's)."""
     payment = Payment(
-        user_id=user.id, invoice_id=invoice.id, purpose=PaymentPurpose.INVOICE, amount=take, currency=invoice.currency,
-        status=PaymentStatus.PENDING, provider="wallet", idempotency_key=key, description=f"Wallet → {invoice.number}",
-        data=effects, created_at=now(),
+        user_id=invoice.user_id, invoice_id=invoice.id, purpose=PaymentPurpose.INVOICE, amount=amount,
+        currency=invoice.currency, status=PaymentStatus.SUCCEEDED, provider="wallet", idempotency_key=key,
+        description=description, data={}, created_at=now(),
     )
     db.session.add(payment)
     db.session.flush()
-    settle(payment.id)
-    return take
+    return payment
 
 
-def pay_invoice(user: User, invoice: Invoice, *, effects: dict[str, Any], off_session: bool = False,
-                method: PaymentMethod | None = None) -> Outcome:
-    """Pay an open invoice: wallet first, then the card. Commits between the steps (see module doc)."""
-    if invoices.mark_paid_if_nothing_due(invoice):
-        apply_invoice_effects(invoice, effects)
-        db.session.commit()
-        return Outcome("paid")
-    pay_from_wallet(user, invoice, effects=effects)
-    if invoice.status is InvoiceStatus.PAID:
-        db.session.commit()
-        return Outcome("paid")
-    try:
-        payment = begin_card_payment(
-            user, invoice.amount_due, invoice.currency, purpose=PaymentPurpose.INVOICE,
-            idempotency_key=f"invoice:{invoice.number}:card", description=f"Card → {invoice.number}",
-            data=effects, invoice=invoice, method=method,
-        )
-    except NoPaymentMethod as error:
-        release_invoice(invoice)
-        db.session.commit()
-        return Outcome("failed", error=error)
-    db.session.commit()
-    outcome = charge(payment, off_session=off_session)
-    db.session.commit()
-    return outcome
+def add_refunded(payment: Payment, amount: int) -> None:
+    """Count `amount` more as given back (guarded: never past the payment's amount)."""
+    table = Payment.__table__
+    db.session.execute(
+        sa.update(table).where(table.c.id == payment.id, table.c.amount_refunded + amount <= table.c.amount)
+        .values(amount_refunded=table.c.amount_refunded + amount, updated_at=now(),
+                status=sa.case((table.c.amount_refunded + amount >= table.c.amount, PaymentStatus.REFUNDED.value),
+                               else_=table.c.status))
+    )
+    db.session.refresh(payment)
 
 
-def apply_invoice_effects(invoice: Invoice, effects: dict[str, Any]) -> None:
-    """Run what a paid invoice was for (a plan change, prepaid units); each effect is idempotent."""
-    kind = effects.get("type")
-    if kind == "plan_change":
-        from portal.services import plan_changes
+def raise_refunded_to(payment: Payment, total: int) -> int:
+    """Stripe says `total` of the payment is refunded: set it (only ever upwards); returns the increase."""
+    total = min(total, payment.amount)
+    before = payment.amount_refunded
+    if total <= before:
+        return 0
+    table = Payment.__table__
+    moved = db.session.execute(
+        sa.update(table).where(table.c.id == payment.id, table.c.amount_refunded == before)
+        .values(amount_refunded=total, updated_at=now(),
+                status=sa.case((sa.and_(sa.literal(total) >= table.c.amount,
+                                        table.c.status == PaymentStatus.SUCCEEDED.value),
+                                PaymentStatus.REFUNDED.value), else_=table.c.status))
+    ).rowcount
+    db.session.refresh(payment)
+    return total - before if moved else 0
 
-        plan_changes.apply_paid_change(invoice, effects)
-    elif kind == "package":
-        from portal.services import usage
 
-        # Runs once: only the settle that completes the invoice gets here.
-        usage.add_prepaid_units(invoice.user_id, effects["feature"], int(effects["units"]))
+# --- refunds to the card ----------------------------------------------------------------------------
+
+def refund_key(payment: Payment, why: str) -> str:
+    return f"refund:payment:{payment.id}:{why}"
+
+
+def request_refund(payment: Payment, amount: int, *, why: str, reason: str,
+                   actor_id: int | None = None) -> tuple[Refund, bool]:
+    """Write a pending refund of a card payment, once per (payment, why); (refund, whether it is new).
+
+    The call to Stripe is `execute_refund`, made by a job after this transaction commits.
+    """
+    key = refund_key(payment, why)
+    existing = db.session.scalar(sa.select(Refund).where(Refund.idempotency_key == key))
+    if existing is not None:
+        return existing, False
+    refund = Refund(payment_id=payment.id, amount=amount, status=RefundStatus.PENDING, reason=reason[:255],
+                    idempotency_key=key, actor_id=actor_id, created_at=now())
+    db.session.add(refund)
+    db.session.flush()
+    return refund, True
+
+
+def execute_refund(refund: Refund) -> bool:
+    """Ask Stripe for a pending refund (same key every time); True once it is done.
+
+    Raises PaymentError when Stripe refuses or cannot be reached; the refund stays pending.
+    """
+    if refund.status is not RefundStatus.PENDING:
+        return refund.status is RefundStatus.SUCCEEDED
+    payment = db.session.get(Payment, refund.payment_id)
+    if not payment.stripe_payment_intent_id:
+        raise PaymentError("no_intent", "The payment has no Stripe charge to refund.", RetryStrategy.MANUAL)
+    refund_id, status = gateway.refund(intent_id=payment.stripe_payment_intent_id, amount=refund.amount,
+                                       idempotency_key=f"{stripe_key(payment)}:{refund.idempotency_key}")
+    if status == "failed":
+        raise PaymentError("refund_failed", "Stripe could not refund the payment.", RetryStrategy.MANUAL)
+    moved = db.session.execute(
+        sa.update(Refund).where(Refund.id == refund.id, Refund.status == RefundStatus.PENDING)
+        .values(status=RefundStatus.SUCCEEDED, stripe_refund_id=refund_id)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.refresh(refund)
+    if moved:
+        add_refunded(payment, refund.amount)
+    return True

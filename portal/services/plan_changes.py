@@ -1,18 +1,33 @@
-"""Changing plans: upgrade now with proration, downgrade or cancel at period end (undoable)."""
+"""Changing plans: upgrade now with proration, a free trial from the Free plan, downgrade or cancel
+at period end (undoable). Upgrades are paid through the one purchase path (services.purchases)
+and applied by the PlanChange effect, only while the subscription is still as it was priced.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
 
 from portal.billing.lifecycle import SubscriptionError, SubscriptionStatus, Transition
-from portal.billing.periods import IntervalUnit, add_intervals
-from portal.billing.proration import Proration, prorate_change
+from portal.billing.periods import IntervalUnit, Period, add_intervals
+from portal.billing.proration import Proration, prorate_change, unused_credit
 from portal.clock import now
 from portal.extensions import db
-from portal.models import Invoice, LineKind, Plan, Subscription, SubscriptionEvent, User
-from portal.services import invoices, payments, subscriptions, wallet
+from portal.models import (
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    LineKind,
+    Payment,
+    Plan,
+    Subscription,
+    SubscriptionEvent,
+    User,
+)
+from portal.services import invoices, purchases, subscriptions, usage, wallet
 from portal.services.invoices import LineDraft
 
 #: Average days per interval unit, only to order plans by price (never to bill).
@@ -43,6 +58,8 @@ class ChangePreview:
     credit_to_wallet: int  #: when unused time is worth more than the new charge
     wallet_part: int
     card_part: int
+    #: A free trial of the new plan starts now instead of a charge (new_period_end: the trial's end).
+    trial: bool = False
 
 
 def _live(user: User) -> Subscription:
@@ -69,72 +86,175 @@ def preview(user: User, new_plan: Plan) -> ChangePreview:
         return ChangePreview(sub, old, new_plan, False, sub.current_period_end, None, sub.current_period_end,
                              add_intervals(sub.current_period_end, new_plan.interval_unit, new_plan.interval_count, 1),
                              (), 0, 0, 0, 0)
+    trialing = sub.status is SubscriptionStatus.TRIALING
+    if at >= sub.current_period_end and not (old.is_free or trialing):
+        # Proration would clamp to the period end and make the switch free.
+        raise PlanChangeError(f"your {old.name} period ended on {sub.current_period_end:%d %b %Y} and its renewal "
+                              "has not run yet; try again once it has (usually within a few minutes)")
+    if new_plan.trial_days and old.is_default and not trialing and not had_trial(user.id):
+        end = at + timedelta(days=new_plan.trial_days)
+        return ChangePreview(sub, old, new_plan, True, at, None, at, end, (), 0, 0, 0, 0, trial=True)
     same_interval = (old.interval_unit, old.interval_count) == (new_plan.interval_unit, new_plan.interval_count)
-    reset = old.is_free or not same_interval or sub.status is SubscriptionStatus.TRIALING
-    proration = prorate_change(old.price_amount, new_plan.price_amount, sub.current_period_start,
-                               sub.current_period_end, at, reset_period=reset)
+    reset = old.is_free or not same_interval or trialing
+    charged = prorate_change(0, new_plan.price_amount, sub.current_period_start, sub.current_period_end, at,
+                             reset_period=reset)
+    credit = 0 if trialing else credit_for_unused_time(sub, at)
+    proration = Proration(credit, charged.charge, charged.charge - credit, charged.fraction, charged.period_start,
+                          charged.period_end)
     start = at if reset else sub.current_period_start
     end = add_intervals(at, new_plan.interval_unit, new_plan.interval_count, 1) if reset else sub.current_period_end
     lines: list[LineDraft] = []
-    if proration.credit:
+    if credit:
         lines.append(LineDraft(LineKind.PRORATION, f"Unused time on {old.name} until {sub.current_period_end:%d %b %Y}",
-                               -proration.credit, period_start=at, period_end=sub.current_period_end))
+                               -credit, period_start=at, period_end=sub.current_period_end))
     what = f"{new_plan.name} from {at:%d %b %Y} to {end:%d %b %Y}"
     lines.append(LineDraft(LineKind.PLAN if reset else LineKind.PRORATION, what, proration.charge,
                            period_start=at, period_end=end))
+    to_wallet = max(-proration.net, 0)
+    if to_wallet:  # the invoice totals zero; the rest of the credit goes to the wallet, said in a line
+        lines.append(LineDraft(LineKind.CREDIT, "Unused credit added to your wallet", to_wallet))
     due = max(proration.net, 0)
     balance = wallet.get_wallet(user.id, user.currency).balance
     wallet_part = min(balance, due)
     return ChangePreview(sub, old, new_plan, True, at, proration, start, end, tuple(lines), due,
-                         max(-proration.net, 0), wallet_part, due - wallet_part)
+                         to_wallet, wallet_part, due - wallet_part)
 
 
-def upgrade(user: User, new_plan: Plan, *, token: str) -> payments.Outcome:
+def credit_for_unused_time(sub: Subscription, at: datetime) -> int:
+    """What is left at `at` of what was invoiced for the current plan's period (0 if nothing was paid)."""
+    if sub.plan.is_free:
+        return 0
+    line = db.session.execute(
+        sa.select(InvoiceLine.amount, InvoiceLine.period_start, InvoiceLine.period_end)
+        .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+        .where(Invoice.subscription_id == sub.id, Invoice.status == InvoiceStatus.PAID,
+               InvoiceLine.kind.in_([LineKind.PLAN, LineKind.PRORATION]), InvoiceLine.amount > 0,
+               InvoiceLine.period_end == sub.current_period_end)
+        .order_by(Invoice.id.desc(), InvoiceLine.position.desc()).limit(1)
+    ).first()
+    if line is None or line.period_start is None or line.period_end <= line.period_start:
+        return 0
+    return unused_credit(line.amount, line.period_start, line.period_end, at)
+
+
+def had_trial(user_id: int) -> bool:
+    """Whether the customer has had a free trial already (one per customer)."""
+    return db.session.scalar(
+        sa.select(SubscriptionEvent.id).join(Subscription, Subscription.id == SubscriptionEvent.subscription_id)
+        .where(Subscription.user_id == user_id,
+               SubscriptionEvent.transition.in_([Transition.START_TRIAL.value, Transition.TRY_PLAN.value]))
+        .limit(1)
+    ) is not None
+
+
+def upgrade_key(sub: Subscription, token: str) -> str:
+    return f"upgrade:{sub.id}:{token}"
+
+
+def earlier_upgrade(user: User, token: str) -> Invoice | None:
+    """The upgrade already made with this form token (a double submit, the back button), if any."""
+    sub = subscriptions.live_subscription(user.id)
+    return None if sub is None else invoices.by_key(upgrade_key(sub, token))
+
+
+def upgrade(user: User, new_plan: Plan, *, token: str) -> purchases.Outcome:
     """Upgrade now: invoice the prorated difference and pay it; the new plan applies once it is paid.
 
-    `token` comes from the preview form, so a double submit is the same upgrade.
+    `token` comes from the preview form, so a double submit resumes the same upgrade. Raises
+    PurchaseInProgress while another upgrade of the subscription waits for the bank. Commits
+    (the purchase path commits the pending payment before Stripe is called).
     """
+    earlier = earlier_upgrade(user, token)
+    if earlier is not None:
+        return purchases.resume(earlier)
     change = preview(user, new_plan)
     if not change.is_upgrade:
         raise PlanChangeError(f"{new_plan.name} costs less: it starts at the end of your period")
+    if change.trial:
+        raise PlanChangeError(f"{new_plan.name} starts with a free trial: start the trial instead")
     sub = change.subscription
-    key = f"upgrade:{sub.id}:{token}"
-    invoice = invoices.create_invoice(
-        user.id, new_plan.currency, list(change.lines), reason="upgrade", subscription_id=sub.id,
-        period_start=change.new_period_start, period_end=change.new_period_end, idempotency_key=key,
+    effect = PlanChange(
+        subscription_id=sub.id, from_plan_id=change.old_plan.id, plan_id=new_plan.id,
+        period_start=change.new_period_start, period_end=change.new_period_end,
+        reset=change.new_period_start == change.effective_at, credit_to_wallet=change.credit_to_wallet,
+        actor_id=user.id, priced_status=sub.status.value, priced_period_start=sub.current_period_start,
     )
-    effects = {
-        "type": "plan_change", "subscription_id": sub.id, "from_plan_id": change.old_plan.id,
-        "plan_id": new_plan.id, "period_start": change.new_period_start.isoformat(),
-        "period_end": change.new_period_end.isoformat(), "reset": change.new_period_start == change.effective_at,
-        "credit_to_wallet": change.credit_to_wallet, "actor_id": user.id,
-    }
-    if invoice.status.value != "open":  # the same form submitted twice
-        return payments.Outcome("paid" if invoice.status.value == "paid" else "failed")
-    return payments.pay_invoice(user, invoice, effects=effects)
+    return purchases.buy(user, effect, list(change.lines), key=upgrade_key(sub, token), currency=new_plan.currency,
+                         subscription_id=sub.id, period_start=change.new_period_start,
+                         period_end=change.new_period_end)
 
 
-def apply_paid_change(invoice: Invoice, effects: dict[str, Any]) -> None:
-    """Switch the subscription to the paid-for plan (called once, when its invoice is paid)."""
-    sub = db.session.get(Subscription, effects["subscription_id"])
-    changes: dict[str, Any] = {
-        "plan_id": effects["plan_id"],
-        "current_period_start": datetime.fromisoformat(effects["period_start"]),
-        "current_period_end": datetime.fromisoformat(effects["period_end"]),
-        "scheduled_plan_id": None,
-        "cancel_at_period_end": False,
-        "cancel_reason": None,
-    }
-    if effects.get("reset"):
-        changes["billing_anchor"] = changes["current_period_start"]
-    subscriptions.transition(sub, Transition.CHANGE_PLAN, reason=f"upgrade paid by {invoice.number}",
-                             actor_id=effects.get("actor_id"),
-                             data={"from_plan_id": effects["from_plan_id"], "plan_id": effects["plan_id"],
-                                   "invoice": invoice.number}, **changes)
+@purchases.register
+@dataclass(frozen=True)
+class PlanChange(purchases.Effect):
+    """A paid upgrade: switch the subscription to the plan and period it was priced for."""
+
+    kind: ClassVar[str] = "plan_change"
+    reason: ClassVar[str] = "upgrade"
+
+    subscription_id: int
+    from_plan_id: int
+    plan_id: int
+    period_start: datetime
+    period_end: datetime
+    reset: bool = False
+    credit_to_wallet: int = 0
+    actor_id: int | None = None
+    #: The subscription as it was priced: status and period start (absent on older invoices).
+    priced_status: str | None = None
+    priced_period_start: datetime | None = None
+
+    def describe(self) -> str:
+        return "your plan upgrade"
+
+    def check(self, invoice: Invoice) -> None:
+        sub = subscriptions.lock(self.subscription_id)
+        if sub is None or sub.plan_id != self.from_plan_id:
+            raise purchases.Stale("the subscription is no longer on the plan this upgrade was priced from")
+        if self.priced_status is not None and sub.status.value != self.priced_status:
+            raise purchases.Stale(f"the subscription is {sub.status.value.replace('_', ' ')} now")
+        if self.priced_period_start is not None and sub.current_period_start != self.priced_period_start:
+            raise purchases.Stale("the subscription moved to another period since this upgrade was priced")
+
+    def apply(self, invoice: Invoice, payment: Payment | None) -> None:
+        sub = db.session.get(Subscription, self.subscription_id)
+        old_period_start = sub.current_period_start
+        old_limits = {pf.feature_id: pf.limit for pf in sub.plan.features}
+        changes: dict[str, Any] = {
+            "plan_id": self.plan_id, "current_period_start": self.period_start,
+            "current_period_end": self.period_end, "scheduled_plan_id": None, "cancel_at_period_end": False,
+            "cancel_reason": None,
+        }
+        if self.reset:
+            changes["billing_anchor"] = self.period_start
+        subscriptions.transition(sub, Transition.CHANGE_PLAN, reason=f"upgrade paid by {invoice.number}",
+                                 actor_id=self.actor_id,
+                                 data={"from_plan_id": self.from_plan_id, "plan_id": self.plan_id,
+                                       "invoice": invoice.number}, **changes)
+        db.session.expire(sub, ["plan"])
+        if self.reset:  # prepaid units bought in the period that ends early are not lost
+            usage.carry_prepaid_units(sub.user_id, old_period_start, Period(self.period_start, self.period_end),
+                                      old_limits)
+        if self.credit_to_wallet:
+            wallet.credit(invoice.user_id, int(self.credit_to_wallet), reason=f"Unused time credit ({invoice.number})",
+                          idempotency_key=f"proration-credit:{invoice.number}", reference=f"invoice:{invoice.number}")
+
+
+def start_trial(user: User, new_plan: Plan) -> Subscription:
+    """Start the free trial `preview` offered: the new plan now, nothing charged until the trial ends."""
+    change = preview(user, new_plan)
+    if not change.trial:
+        raise PlanChangeError(f"{new_plan.name} has no free trial for you")
+    sub = change.subscription
+    subscriptions.transition(
+        sub, Transition.TRY_PLAN, reason=f"{new_plan.trial_days}-day free trial of {new_plan.name}", actor_id=user.id,
+        data={"from_plan_id": change.old_plan.id, "plan_id": new_plan.id, "plan": new_plan.code},
+        plan_id=new_plan.id, current_period_start=change.new_period_start, current_period_end=change.new_period_end,
+        billing_anchor=change.new_period_start, trial_end=change.new_period_end, scheduled_plan_id=None,
+        cancel_at_period_end=False, cancel_reason=None,
+    )
     db.session.expire(sub, ["plan"])
-    if effects.get("credit_to_wallet"):
-        wallet.credit(invoice.user_id, int(effects["credit_to_wallet"]), reason=f"Unused time credit ({invoice.number})",
-                      idempotency_key=f"proration-credit:{invoice.number}", reference=f"invoice:{invoice.number}")
+    return sub
 
 
 def _note(sub: Subscription, what: str, reason: str, actor_id: int | None, data: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import lazyload
 
 from portal.billing.lifecycle import IllegalTransition, SubscriptionError, SubscriptionStatus, Transition, next_status
 from portal.billing.periods import add_intervals
@@ -36,6 +37,15 @@ def live_subscription(user_id: int) -> Subscription | None:
     return db.session.scalar(
         sa.select(Subscription).where(Subscription.user_id == user_id, Subscription.status.in_(LIVE_STATUSES))
     )
+
+
+def lock(subscription_id: int) -> Subscription | None:
+    """The subscription, re-read and locked until the transaction ends (FOR UPDATE; SQLite's writer lock)."""
+    return db.session.execute(
+        sa.select(Subscription).where(Subscription.id == subscription_id)
+        .options(lazyload(Subscription.plan)).with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
 
 
 def transition(
@@ -126,6 +136,7 @@ __all__ = [
     "NoDefaultPlan",
     "default_plan",
     "live_subscription",
+    "lock",
     "start_subscription",
     "transition",
 ]

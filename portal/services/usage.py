@@ -417,3 +417,33 @@ def add_prepaid_units(user_id: int, feature_code: str, units: int) -> UsageCount
             UsageCounter.window_start == window.start,
         ).execution_options(populate_existing=True)
     )
+
+
+def carry_prepaid_units(user_id: int, old_window_start: datetime, new_window: Period,
+                        limits: dict[int, int | None]) -> dict[int, int]:
+    """Move the prepaid units a period did not use into a period that replaces it early (an upgrade).
+
+    Units beyond a feature's limit (`limits`: the old plan's QUOTA limits by feature id) came out
+    of the prepaid ones, so what is left is `bonus - max(0, used - limit)`. Returns the units
+    moved per feature id.
+    """
+    rows = db.session.execute(
+        sa.select(UsageCounter.feature_id, UsageCounter.used, UsageCounter.bonus)
+        .join(Feature, Feature.id == UsageCounter.feature_id)
+        .where(UsageCounter.user_id == user_id, UsageCounter.window_start == old_window_start,
+               UsageCounter.bonus > 0, Feature.type == FeatureType.QUOTA)
+    ).all()
+    conn = usage_sql.connection()
+    sql = usage_sql.for_dialect(conn.dialect.name)
+    at = now()
+    moved: dict[int, int] = {}
+    for row in rows:
+        limit = limits.get(row.feature_id)
+        unused = row.bonus - (max(0, row.used - limit) if limit is not None else 0)
+        if unused <= 0:
+            continue
+        key = {"p_user": user_id, "p_feature": row.feature_id, "p_window_start": new_window.start}
+        conn.execute(sql.ensure_counter, {**key, "p_window_end": new_window.end, "p_at": at})
+        conn.execute(usage_sql.ADD_BONUS, {**key, "p_units": unused, "p_at": at})
+        moved[row.feature_id] = unused
+    return moved

@@ -2,9 +2,10 @@
 
 Stripe delivers at least once and in no particular order. The event row (unique on Stripe's
 event id) makes a second delivery a no-op; each handler is idempotent on its own as well
-(settling and failing a payment are guarded updates, a refunded amount is *set* from Stripe's
-total, saving a card looks it up first), so an event that races the request which caused it,
-or arrives after a later one, changes nothing twice and never moves a payment backwards.
+(settling and failing a payment are guarded updates in the purchase path, a refunded amount is
+*set* from Stripe's total, saving a card looks it up first), so an event that races the request
+which caused it, or arrives after a later one, changes nothing twice and never moves a payment
+backwards.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,16 +21,16 @@ from sqlalchemy.exc import IntegrityError
 from portal.clock import now
 from portal.extensions import db
 from portal.models import (
-    ErrorStatus,
-    OperationError,
+    EntryKind,
     Payment,
-    PaymentStatus,
+    PaymentPurpose,
     RetryStrategy,
     User,
+    WalletEntry,
     WebhookEvent,
 )
-from portal.payments.errors import PaymentError, from_intent
-from portal.services import payment_methods, payments
+from portal.payments.errors import PaymentError
+from portal.services import payment_methods, payments, purchases, retries, wallet
 
 log = logging.getLogger(__name__)
 
@@ -119,29 +119,6 @@ def _finish(record: WebhookEvent, status: str) -> None:
 
 # --- payment intents --------------------------------------------------------------------------
 
-def apply_intent(payment: Payment, intent: Mapping[str, Any]) -> str:
-    """Bring our payment in line with Stripe's PaymentIntent; returns what happened.
-
-    "settled" (now succeeded, effects applied once), "failed", "unchanged" (already final or
-    still waiting for the customer), or "anomaly" (Stripe took money for a payment we had
-    recorded as failed: left for a person, never settled silently).
-    """
-    status = intent.get("status")
-    if status == "succeeded":
-        if payment.status is PaymentStatus.FAILED:
-            _flag_success_after_failure(payment, intent)
-            return "anomaly"
-        return "settled" if payments.settle(payment.id) else "unchanged"
-    if status in ("requires_payment_method", "canceled"):
-        error = from_intent(SimpleNamespace(status=status, id=intent.get("id"),
-                                            last_payment_error=intent.get("last_payment_error") or {}))
-        if status == "canceled" and not intent.get("last_payment_error"):
-            error.code, error.message = "canceled", "The payment was canceled before it completed."
-        return "failed" if payments.fail(payment, error.code, error.message, intent_id=intent.get("id")) \
-            else "unchanged"
-    return "unchanged"  # requires_action, processing: a later event or the confirm step finishes it
-
-
 def payment_for_intent(intent: Mapping[str, Any]) -> Payment | None:
     """Our card payment for a PaymentIntent: by its id, else by the payment_id we put in its metadata.
 
@@ -177,28 +154,15 @@ def _on_intent_event(intent: Mapping[str, Any]) -> bool:
     payment = payment_for_intent(intent)
     if payment is None:
         return False
-    apply_intent(payment, intent)
+    purchases.apply_intent(payment, intent)
     return True
-
-
-def _flag_success_after_failure(payment: Payment, intent: Mapping[str, Any]) -> None:
-    key = f"payment:{payment.id}:succeeded-after-failure"
-    if db.session.scalar(sa.select(OperationError.id).where(OperationError.dedupe_key == key)) is not None:
-        return
-    db.session.add(OperationError(
-        operation_type="payment_reconciliation", error_code="succeeded_after_failure",
-        message=f"Stripe reports {intent.get('id')} succeeded, but payment {payment.id} was recorded as failed.",
-        context={"payment_id": payment.id, "intent_id": intent.get("id"), "amount": payment.amount},
-        strategy=RetryStrategy.MANUAL, status=ErrorStatus.MANUAL, attempts=0, user_id=payment.user_id,
-        dedupe_key=key, created_at=now(), updated_at=now(),
-    ))
-    db.session.flush()
 
 
 # --- refunds and saved cards ------------------------------------------------------------------
 
 def _on_charge_refunded(charge: Mapping[str, Any]) -> bool:
-    """Record how much of the payment Stripe has refunded: set from its total, never added to."""
+    """Record how much of the payment Stripe has refunded (set from its total, never added to); a
+    refunded top-up takes its money back out of the wallet."""
     intent_id = charge.get("payment_intent")
     refunded = charge.get("amount_refunded")
     if not isinstance(intent_id, str) or not isinstance(refunded, int) or isinstance(refunded, bool):
@@ -206,18 +170,65 @@ def _on_charge_refunded(charge: Mapping[str, Any]) -> bool:
     payment = db.session.scalar(sa.select(Payment).where(Payment.stripe_payment_intent_id == intent_id))
     if payment is None:
         return False
-    refunded = min(refunded, payment.amount)
-    # Only upwards: an older event arriving late cannot shrink the refunded total.
-    db.session.execute(
-        sa.update(Payment).where(Payment.id == payment.id, Payment.amount_refunded < refunded)
-        .values(amount_refunded=refunded, updated_at=now()).execution_options(synchronize_session=False)
-    )
-    if refunded >= payment.amount:
-        db.session.execute(
-            sa.update(Payment).where(Payment.id == payment.id, Payment.status == PaymentStatus.SUCCEEDED)
-            .values(status=PaymentStatus.REFUNDED, updated_at=now()).execution_options(synchronize_session=False)
+    payments.raise_refunded_to(payment, refunded)
+    if payment.purpose is PaymentPurpose.TOPUP:
+        _take_back_topup(payment, min(refunded, payment.amount))
+    return True
+
+
+def _take_back_topup(payment: Payment, refunded: int) -> None:
+    """Debit the wallet for the refunded part of a top-up it was credited with, exactly once.
+
+    The key names the payment and the refunded total, so partial refunds add up and a repeated or
+    late event changes nothing. Money the wallet no longer holds is recorded for staff.
+    """
+    credited = db.session.scalar(sa.select(WalletEntry).where(WalletEntry.idempotency_key == f"topup:{payment.id}"))
+    if credited is None:  # never credited (refunded because it could not be applied): nothing to take back
+        return
+    target = min(refunded, credited.amount)
+    taken = -int(db.session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(WalletEntry.amount), 0)).where(
+            WalletEntry.wallet_id == credited.wallet_id, WalletEntry.kind == EntryKind.REFUND,
+            WalletEntry.reference == f"payment:{payment.id}", WalletEntry.amount < 0)
+    ))
+    owed = target - taken
+    if owed <= 0:
+        return
+    balance = wallet.get_wallet(payment.user_id).balance
+    take = min(owed, balance)
+    if take > 0:
+        wallet.debit(payment.user_id, take, kind=EntryKind.REFUND, reason="Top-up refunded to your card",
+                     idempotency_key=f"topup-refund:{payment.id}:{taken + take}", reference=f"payment:{payment.id}")
+    if take < owed:
+        retries.record_failure(
+            "refund_shortfall", "wallet_short",
+            f"Top-up payment {payment.id} was refunded to the card, but the wallet held only {balance} of the "
+            f"{owed} to take back; {owed - take} minor units are owed.",
+            dedupe_key=f"refund-shortfall:{payment.id}:{target}", strategy=RetryStrategy.MANUAL,
+            context={"payment_id": payment.id, "refunded": target, "taken": taken + take, "short": owed - take,
+                     "currency": payment.currency},
+            user_id=payment.user_id,
         )
-    db.session.refresh(payment)
+
+
+def _on_dispute_created(dispute: Mapping[str, Any]) -> bool:
+    """A chargeback: nothing is automatic about it; staff see it with everything they need."""
+    dispute_id = dispute.get("id")
+    if not isinstance(dispute_id, str):
+        return False
+    intent_id = dispute.get("payment_intent")
+    payment = db.session.scalar(sa.select(Payment).where(Payment.stripe_payment_intent_id == intent_id)) \
+        if isinstance(intent_id, str) else None
+    retries.record_failure(
+        "dispute", str(dispute.get("reason") or "disputed"),
+        f"The customer's bank disputes charge {dispute.get('charge')} ({dispute.get('amount')} "
+        f"{str(dispute.get('currency') or '').upper()}): {dispute.get('reason') or 'no reason given'}.",
+        dedupe_key=f"dispute:{dispute_id}", strategy=RetryStrategy.MANUAL,
+        context={"dispute_id": dispute_id, "charge": dispute.get("charge"), "payment_intent": intent_id,
+                 "amount": dispute.get("amount"), "currency": dispute.get("currency"),
+                 "reason": dispute.get("reason"), "payment_id": payment.id if payment else None},
+        user_id=payment.user_id if payment else None,
+    )
     return True
 
 
@@ -245,6 +256,7 @@ HANDLERS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
     "payment_intent.succeeded": _on_intent_event,
     "payment_intent.payment_failed": _on_intent_event,
     "charge.refunded": _on_charge_refunded,
+    "charge.dispute.created": _on_dispute_created,
     "setup_intent.succeeded": _on_setup_succeeded,
 }
 
@@ -258,26 +270,12 @@ def _failure_key(record: WebhookEvent) -> str:
 def _record_failure(record: WebhookEvent, exc: Exception) -> None:
     """One OperationError per failing event (Stripe also redelivers it; either retry may fix it)."""
     code = str(getattr(exc, "code", None) or type(exc).__name__)[:64]
-    error = db.session.scalar(sa.select(OperationError).where(OperationError.dedupe_key == _failure_key(record)))
-    if error is None:
-        error = OperationError(
-            operation_type="webhook", error_code=code, message=str(exc)[:2000],
-            context={"webhook_event_id": record.id, "stripe_event_id": record.stripe_event_id, "type": record.type},
-            strategy=RetryStrategy.EXPONENTIAL, status=ErrorStatus.PENDING, attempts=1,
-            next_retry_at=now() + timedelta(minutes=1), dedupe_key=_failure_key(record),
-            created_at=now(), updated_at=now(),
-        )
-        db.session.add(error)
-    else:
-        error.error_code, error.message, error.updated_at = code, str(exc)[:2000], now()
-    db.session.flush()
+    retries.record_failure(
+        "webhook", code, str(exc), dedupe_key=_failure_key(record), strategy=RetryStrategy.EXPONENTIAL,
+        context={"webhook_event_id": record.id, "stripe_event_id": record.stripe_event_id, "type": record.type},
+        attempts=1, next_retry_at=now() + timedelta(minutes=1),
+    )
 
 
 def _resolve_failure(record: WebhookEvent) -> None:
-    db.session.execute(
-        sa.update(OperationError)
-        .where(OperationError.dedupe_key == _failure_key(record),
-               OperationError.status.notin_([ErrorStatus.RESOLVED, ErrorStatus.GAVE_UP]))
-        .values(status=ErrorStatus.RESOLVED, resolved_at=now(), updated_at=now())
-        .execution_options(synchronize_session=False)
-    )
+    retries.resolve(_failure_key(record))

@@ -18,6 +18,7 @@ from portal.billing.lifecycle import (
 # Written out independently of TRANSITIONS so a typo in the table fails here.
 EXPECTED = {
     (None, T.START_TRIAL): S.TRIALING,
+    (S.ACTIVE, T.TRY_PLAN): S.TRIALING,
     (None, T.ACTIVATE): S.ACTIVE,
     (S.TRIALING, T.ACTIVATE): S.ACTIVE,
     (S.ACTIVE, T.RENEW): S.ACTIVE,
@@ -56,8 +57,8 @@ def test_every_other_pair_is_illegal(current, event):
 
 
 def test_pair_count_is_complete():
-    assert len(ALL_PAIRS) == 6 * 8
-    assert len(EXPECTED) == 15
+    assert len(ALL_PAIRS) == 6 * 9
+    assert len(EXPECTED) == 16
 
 
 def test_messages_are_readable():

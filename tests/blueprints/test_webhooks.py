@@ -14,13 +14,13 @@ import sqlalchemy as sa
 
 from portal.extensions import db
 from portal.models import (
-    EntryKind, ErrorStatus, OperationError, Payment, PaymentMethod, PaymentPurpose, PaymentStatus, User, Wallet,
-    WalletEntry, WebhookEvent,
+    EntryKind, ErrorStatus, Invoice, InvoiceStatus, OperationError, Payment, PaymentMethod, PaymentStatus, Refund,
+    RefundStatus, RetryStrategy, User, Wallet, WalletEntry, WebhookEvent,
 )
 from portal.payments import gateway
-from portal.services import payments
+from portal.services import payments, topups
 from portal.services import webhooks as webhook_service
-from tests.conftest import add_card, both_databases
+from tests.conftest import add_card, both_databases, charge_at_stripe, open_topup
 
 SECRET = "whsec_test_secret"
 
@@ -68,18 +68,17 @@ def topup_charged_but_not_settled(user: User, amount: int = 2500) -> tuple[Payme
 
     Returns the payment and the PaymentIntent as Stripe reports it (what the event carries).
     """
-    method = db.session.scalar(sa.select(PaymentMethod).where(PaymentMethod.user_id == user.id))
-    payment = payments.begin_card_payment(user, amount, "USD", purpose=PaymentPurpose.TOPUP,
-                                          idempotency_key=f"topup:{user.id}:{uuid.uuid4()}",
-                                          description="Top-up by card")
-    db.session.commit()
-    result = gateway.charge(amount=amount, currency="USD", customer_id=user.stripe_customer_id,
-                            payment_method_id=method.stripe_payment_method_id,
-                            idempotency_key=payment.idempotency_key, off_session=False,
-                            metadata={"payment_id": str(payment.id), "user_id": str(user.id), "purpose": "topup"})
-    assert result.status == "succeeded"
-    intent = gateway.retrieve_intent(result.intent_id).to_dict()
+    payment = open_topup(user, amount)
+    intent = charge_at_stripe(payment)
+    assert intent["status"] == "succeeded"
     return payment, intent
+
+
+def paid_topup(user: User, amount: int) -> Payment:
+    outcome = topups.buy(user, amount, "USD", uuid.uuid4().hex, card_label="Visa •••• 4242")
+    db.session.commit()
+    assert outcome.status == "paid"
+    return outcome.payment
 
 
 # --- the signature --------------------------------------------------------------------------------
@@ -165,11 +164,7 @@ def test_the_same_succeeded_event_twice_credits_the_top_up_once(client, alice):
 
 def test_a_late_succeeded_event_after_the_request_settled_does_nothing(client, alice):
     add_card(alice)
-    payment = payments.begin_card_payment(alice, 1500, "USD", purpose=PaymentPurpose.TOPUP,
-                                          idempotency_key="topup:late", description="Top-up")
-    db.session.commit()
-    assert payments.charge(payment).status == "paid"
-    db.session.commit()
+    payment = paid_topup(alice, 1500)
     intent = gateway.retrieve_intent(payment.stripe_payment_intent_id).to_dict()
     assert deliver(client, event("payment_intent.succeeded", intent)).status_code == 200
     assert balance(alice.id) == 1500
@@ -190,9 +185,7 @@ def test_payment_failed_after_succeeded_leaves_it_succeeded(client, alice):
 
 def test_payment_failed_marks_a_pending_payment_failed_with_the_customers_message(client, alice):
     add_card(alice)
-    payment = payments.begin_card_payment(alice, 1000, "USD", purpose=PaymentPurpose.TOPUP,
-                                          idempotency_key="topup:f", description="Top-up")
-    db.session.commit()
+    payment = open_topup(alice, 1000)
     intent = {"id": "pi_failed_1", "object": "payment_intent", "amount": 1000, "currency": "usd",
               "status": "requires_payment_method", "metadata": {"payment_id": str(payment.id),
                                                                 "user_id": str(alice.id)},
@@ -203,20 +196,24 @@ def test_payment_failed_marks_a_pending_payment_failed_with_the_customers_messag
     assert payment.status is PaymentStatus.FAILED and payment.failure_code == "card_declined"
     assert payment.failure_message == "Your card was declined. Use another card or contact your bank."
     assert payment.stripe_payment_intent_id == "pi_failed_1"
-    # A succeeded event arriving after the failure is not settled silently: it is left for a person.
+    assert db.session.get(Invoice, payment.invoice_id).status is InvoiceStatus.VOID
+    # Stripe reporting success after the failure: the money is recorded, given back to the card (its
+    # purchase is closed, so nothing is credited) and shown to staff, never silently kept.
     succeeded = {**intent, "status": "succeeded", "last_payment_error": None}
     assert deliver(client, event("payment_intent.succeeded", succeeded)).status_code == 200
     db.session.expire_all()
-    assert db.session.get(Payment, payment.id).status is PaymentStatus.FAILED and balance(alice.id) == 0
+    assert db.session.get(Payment, payment.id).status is PaymentStatus.SUCCEEDED and balance(alice.id) == 0
+    [refund] = db.session.scalars(sa.select(Refund)).all()
+    assert (refund.payment_id, refund.amount, refund.status) == (payment.id, 1000, RefundStatus.PENDING)
     flagged = db.session.scalar(sa.select(OperationError))
-    assert flagged.error_code == "succeeded_after_failure" and flagged.status is ErrorStatus.MANUAL
+    assert (flagged.operation_type, flagged.error_code, flagged.strategy) == (
+        "refund", "payment_not_applied", RetryStrategy.IMMEDIATE)
+    assert "was already void" in flagged.message
 
 
 def test_an_intent_that_does_not_match_our_payment_is_ignored(client, alice):
     add_card(alice)
-    payment = payments.begin_card_payment(alice, 1000, "USD", purpose=PaymentPurpose.TOPUP,
-                                          idempotency_key="topup:m", description="Top-up")
-    db.session.commit()
+    payment = open_topup(alice, 1000)
     wrong_amount = {"id": "pi_other", "amount": 999_999, "currency": "usd", "status": "succeeded",
                     "metadata": {"payment_id": str(payment.id), "user_id": str(alice.id)}}
     response = deliver(client, event("payment_intent.succeeded", wrong_amount))
@@ -229,11 +226,7 @@ def test_an_intent_that_does_not_match_our_payment_is_ignored(client, alice):
 
 def test_charge_refunded_sets_the_refunded_amount_and_never_double_counts(client, alice):
     add_card(alice)
-    payment = payments.begin_card_payment(alice, 3000, "USD", purpose=PaymentPurpose.TOPUP,
-                                          idempotency_key="topup:r", description="Top-up")
-    db.session.commit()
-    payments.charge(payment)
-    db.session.commit()
+    payment = paid_topup(alice, 3000)
     intent_id = payment.stripe_payment_intent_id
 
     def refunded_event(total: int) -> dict:
@@ -244,11 +237,17 @@ def test_charge_refunded_sets_the_refunded_amount_and_never_double_counts(client
     assert deliver(client, refunded_event(1000)).status_code == 200  # another event, same total
     db.session.expire_all()
     assert db.session.get(Payment, payment.id).amount_refunded == 1000
+    assert balance(alice.id) == 2000  # the refunded part of the top-up left the wallet, once
     assert deliver(client, refunded_event(3000)).status_code == 200
     assert deliver(client, refunded_event(2000)).status_code == 200  # an older event arriving late
     db.session.expire_all()
     payment = db.session.get(Payment, payment.id)
     assert payment.amount_refunded == 3000 and payment.status is PaymentStatus.REFUNDED
+    assert balance(alice.id) == 0
+    refunds = [(e.kind, e.amount, e.idempotency_key) for e in db.session.scalars(
+        sa.select(WalletEntry).where(WalletEntry.kind == EntryKind.REFUND).order_by(WalletEntry.id))]
+    assert refunds == [(EntryKind.REFUND, -1000, f"topup-refund:{payment.id}:1000"),
+                       (EntryKind.REFUND, -2000, f"topup-refund:{payment.id}:3000")]
 
 
 def test_setup_intent_succeeded_saves_the_card_once(client, alice):

@@ -117,11 +117,12 @@ def test_a_new_customer_registers_compares_upgrades_and_tops_up(catalog, stripe_
     assert re.search(r"Top.?up", ledger, re.I) and "+$25.00" in ledger.replace(" ", "")
     shot(page, "wallet")
 
-    # The upgrade's invoice, paid, in the list and in detail.
+    # The upgrade's invoice, paid, in the list (beside the top-up's receipt) and in detail.
     page.goto(f"{base}/invoices")
     assert "Paid" in page.inner_text("main") or "paid" in page.inner_text("main")
+    assert "Wallet top-up" in page.inner_text("main")
     shot(page, "invoices")
-    page.click("a:has-text('INV-')")
+    page.click("tr:has-text('Plan upgrade'):has-text('Paid') a:has-text('INV-')")
     assert "Premium" in page.inner_text("main") and "$9.99" in page.inner_text("main")
     shot(page, "invoice")
 

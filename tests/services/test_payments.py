@@ -7,10 +7,10 @@ import sqlalchemy as sa
 from portal.billing.lifecycle import SubscriptionStatus
 from portal.extensions import db
 from portal.models import (
-    EntryKind, Invoice, InvoiceStatus, Payment, PaymentPurpose, PaymentStatus, Plan, SubscriptionEvent, User,
+    EntryKind, Invoice, InvoiceStatus, Payment, PaymentStatus, Plan, SubscriptionEvent, User,
     WalletEntry,
 )
-from portal.services import payments, plan_changes, wallet
+from portal.services import plan_changes, purchases, topups, wallet
 from portal.services.subscriptions import live_subscription
 from tests.conftest import add_card, both_databases
 
@@ -88,10 +88,12 @@ def test_no_card_and_too_little_in_the_wallet_is_refused_cleanly(alice):
 def test_the_same_upgrade_form_twice_is_one_upgrade(alice):
     add_card(alice)
     assert plan_changes.upgrade(alice, _plan("premium"), token="same").status == "paid"
+    db.session.commit()
     db.session.expire_all()
-    with pytest.raises(plan_changes.PlanChangeError):  # already on Premium
-        plan_changes.upgrade(alice, _plan("premium"), token="same")
+    # The same form again resumes the first upgrade: its answer, not a second charge.
+    assert plan_changes.upgrade(alice, _plan("premium"), token="same").status == "paid"
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Invoice)) == 1
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Payment)) == 1
 
 
 def test_mid_period_upgrade_between_paid_plans_is_prorated(alice, clock):
@@ -112,12 +114,10 @@ def test_mid_period_upgrade_between_paid_plans_is_prorated(alice, clock):
 
 def test_settle_is_idempotent(alice):
     add_card(alice)
-    payment = payments.begin_card_payment(alice, 2500, "USD", purpose=PaymentPurpose.TOPUP,
-                                          idempotency_key="topup:test", description="Top-up")
+    outcome = topups.buy(alice, 2500, "USD", "t1", card_label="Visa •••• 4242")
+    assert outcome.status == "paid"
     db.session.commit()
-    assert payments.charge(payment).status == "paid"
-    db.session.commit()
-    assert payments.settle(payment.id) is False  # a late webhook finds it settled
+    assert purchases.settle(outcome.payment) == "unchanged"  # a late webhook finds it settled
     db.session.commit()
     assert wallet.get_wallet(alice.id).balance == 2500
     assert db.session.scalar(sa.select(sa.func.count()).select_from(WalletEntry)) == 1

@@ -177,11 +177,14 @@ def test_schedule_declares_the_periodic_jobs():
     scheduler.load_config_from_file("worker.schedule")
     jobs = {cron_job.func_name: cron_job for cron_job in scheduler.get_jobs()}
 
-    assert set(jobs) == {"worker.maintenance.sweep_outbox", "worker.maintenance.purge_expired"}
+    assert set(jobs) == {"worker.maintenance.sweep_outbox", "worker.maintenance.purge_expired",
+                         "worker.payments.reconcile_payments"}
     sweep = jobs["worker.maintenance.sweep_outbox"]
     assert sweep.queue_name == "default" and sweep.interval is None
     assert _fire_gaps(sweep.cron) == {60.0}
     assert _fire_gaps(jobs["worker.maintenance.purge_expired"].cron) == {3600.0}
+    reconcile = jobs["worker.payments.reconcile_payments"]
+    assert reconcile.queue_name == "billing" and _fire_gaps(reconcile.cron) == {300.0}
 
 
 def test_worker_command_runs_jobs_and_stops_on_sigterm(tmp_path, worker_app, redis_server, redis_conn):

@@ -8,6 +8,7 @@ from portal.blueprints.customer import (  # noqa: E402,F401
     api_keys,
     invoices,
     payment_methods,
+    payments,
     plans,
     routes,
     subscription,

@@ -12,12 +12,12 @@ from wtforms.validators import DataRequired, Length, Regexp
 
 from portal.billing.lifecycle import SubscriptionError, SubscriptionStatus
 from portal.blueprints.customer import bp
+from portal.blueprints.customer.payments import PaymentForm, show_outcome
 from portal.clock import now
 from portal.extensions import db
-from portal.models import Payment, PaymentPurpose, PaymentStatus, Plan, User
-from portal.payments import gateway
-from portal.payments.errors import PaymentError, from_intent
-from portal.services import catalog_views, payments, plan_changes
+from portal.models import Plan, User
+from portal.payments.errors import PaymentError
+from portal.services import catalog_views, payments, plan_changes, purchases
 from portal.services.subscriptions import live_subscription
 
 #: How long a change preview may be confirmed: after that the amounts are shown again.
@@ -76,19 +76,15 @@ def _url(endpoint: str, fallback: str) -> str:
     return url_for(endpoint) if endpoint in current_app.view_functions else fallback
 
 
-def _stripe_js_url() -> str:
-    base = current_app.config.get("STRIPE_API_BASE")
-    return f"{base.rstrip('/')}/js.stripe.com/v3/" if base else current_app.config["STRIPE_JS_URL"]
-
-
 # --- the preview's one-time token, remembered in the session ---------------------------------
 
 
-def _issue_token(plan_code: str) -> str:
+def _issue_token(plan_code: str, change: plan_changes.ChangePreview) -> str:
     token = uuid.uuid4().hex
     at = now()
     tokens = {k: v for k, v in session.get(_TOKENS, {}).items() if not _expired(v, at)}
-    tokens[token] = {"plan": plan_code, "at": at.isoformat()}
+    # What the customer was shown: confirming charges that, or shows the new amounts first.
+    tokens[token] = {"plan": plan_code, "at": at.isoformat(), "from": change.old_plan.id, "due": change.amount_due}
     newest = sorted(tokens.items(), key=lambda item: item[1]["at"])[-_KEEP_TOKENS:]
     session[_TOKENS] = dict(newest)
     return token
@@ -101,9 +97,13 @@ def _expired(entry: dict, at: datetime) -> bool:
         return True
 
 
-def _token_is_fresh(token: str, plan_code: str) -> bool:
+def _fresh_token(token: str, plan_code: str) -> dict | None:
     entry = session.get(_TOKENS, {}).get(token)
-    return bool(entry) and entry.get("plan") == plan_code and not _expired(entry, now())
+    return entry if entry and entry.get("plan") == plan_code and not _expired(entry, now()) else None
+
+
+def _shown_differs(entry: dict, change: plan_changes.ChangePreview) -> bool:
+    return (entry.get("from"), entry.get("due")) != (change.old_plan.id, change.amount_due)
 
 
 # --- pages -----------------------------------------------------------------------------------
@@ -115,13 +115,15 @@ def _user() -> User:
 
 def _overview(cancel_form: CancelForm, status: int = 200):
     sub = live_subscription(current_user.id)
-    context = {"subscription": sub, "next_invoice": None, "open_invoices": []}
+    context = {"subscription": sub, "next_invoice": None, "open_invoices": [], "pending": None}
     if sub is not None:
         context["next_invoice"] = catalog_views.next_invoice(sub)
+        context["pending"] = catalog_views.pending_upgrade(sub)
         if sub.status is SubscriptionStatus.PAST_DUE:
             context["open_invoices"] = catalog_views.open_renewal_invoices(current_user.id, sub.id)
     return render_template(
         "customer/subscription.html", section="overview", cancel_form=cancel_form, undo_form=UndoForm(),
+        payment_form=PaymentForm(),
         payment_methods_url=_url("customer.payment_methods", "/payment-methods"), **context,
     ), status
 
@@ -142,7 +144,7 @@ def _change_page(plan: Plan, *, error: str | None = None, status: int = 200):
     except SubscriptionError as exc:
         error = _sentence(str(exc))
     if change is not None:
-        token = _issue_token(plan.code)
+        token = _issue_token(plan.code, change)
     return render_template(
         "customer/subscription.html", section="change", plan=plan, change=change, error=error,
         form=ChangeForm(formdata=None, token=token), card=payments.default_method(user.id),
@@ -162,19 +164,36 @@ def change_plan(plan_code: str):
     form = ChangeForm()
     if not form.validate():
         abort(400, "The confirmation is missing its one-time token. Open the plan change again and confirm it there.")
-    if not _token_is_fresh(form.token.data, plan.code):
+    shown = _fresh_token(form.token.data, plan.code)
+    if shown is None:
         return _change_page(plan, status=400,
                             error="This preview has expired. Check the amounts below and confirm again.")
     user = _user()
     try:
-        change = plan_changes.preview(user, plan)
-        if not change.is_upgrade:
-            sub = plan_changes.schedule_downgrade(user, plan)
-            db.session.commit()
-            flash(f"Done: you move to {plan.name} on {sub.current_period_end:%d %b %Y}. "
-                  f"You keep {change.old_plan.name} until then.", "success")
-            return redirect(url_for("customer.subscription"))
-        outcome = plan_changes.upgrade(user, plan, token=form.token.data)
+        earlier = plan_changes.earlier_upgrade(user, form.token.data)
+        if earlier is not None:  # the same confirmation again (a double click, the back button)
+            outcome = purchases.resume(earlier)
+        else:
+            change = plan_changes.preview(user, plan)
+            if _shown_differs(shown, change):
+                return _change_page(plan, status=409, error="The amounts changed since you opened this page. "
+                                                            "Check them below and confirm again.")
+            if not change.is_upgrade:
+                sub = plan_changes.schedule_downgrade(user, plan)
+                db.session.commit()
+                flash(f"Done: you move to {plan.name} on {sub.current_period_end:%d %b %Y}. "
+                      f"You keep {change.old_plan.name} until then.", "success")
+                return redirect(url_for("customer.subscription"))
+            if change.trial:
+                sub = plan_changes.start_trial(user, plan)
+                db.session.commit()
+                flash(f"Your {plan.trial_days}-day free trial of {plan.name} has started. Nothing is charged "
+                      f"until {sub.current_period_end:%d %b %Y}.", "success")
+                return redirect(url_for("customer.subscription"))
+            outcome = plan_changes.upgrade(user, plan, token=form.token.data)
+    except purchases.PurchaseInProgress as busy:
+        db.session.rollback()
+        return _in_progress_page(plan, busy)
     except SubscriptionError as exc:
         db.session.rollback()
         sub = live_subscription(user.id)
@@ -186,73 +205,16 @@ def change_plan(plan_code: str):
         db.session.rollback()
         return _change_page(plan, status=402, error=exc.message)
     db.session.commit()
-    if outcome.status == "paid":
-        flash(f"You are now on the {plan.name} plan. Thank you!", "success")
-        return redirect(url_for("customer.subscription"))
-    if outcome.status == "requires_action":
-        return _payment_action(outcome.payment, outcome.client_secret)
-    if outcome.status == "processing":
-        flash(f"Your payment is processing. You move to {plan.name} as soon as your bank confirms it.", "info")
-        return redirect(url_for("customer.subscription"))
-    message = outcome.error.message if outcome.error else "The payment did not go through."
-    return _change_page(plan, status=402, error=message)
+    return show_outcome(outcome, on_failure=lambda message: _change_page(plan, status=402, error=message))
 
 
-def _payment_action(payment: Payment, client_secret: str, *, message: str | None = None):
-    """The page where Stripe.js asks the bank to confirm the payment (3-D Secure)."""
+def _in_progress_page(plan: Plan, busy: purchases.PurchaseInProgress):
+    """Another upgrade of this subscription is still open: continue it or cancel it, never pay twice."""
+    pending_plan = db.session.get(Plan, busy.invoice.purchase.get("plan_id")) if busy.invoice.purchase else None
     return render_template(
-        "customer/subscription.html", section="payment_action", payment=payment, client_secret=client_secret,
-        stripe_js_url=_stripe_js_url(), publishable_key=current_app.config["STRIPE_PUBLISHABLE_KEY"],
-        confirm_form=UndoForm(), message=message,
-    )
-
-
-@bp.post("/payments/<int:payment_id>/confirm")
-@login_required
-def confirm_payment(payment_id: int):
-    """After the bank's check: settle the payment if Stripe says it succeeded, else record the failure."""
-    payment = catalog_views.owned_payment(current_user.id, payment_id)
-    if payment is None or payment.provider != "stripe" or not payment.stripe_payment_intent_id:
-        abort(404)
-    done = _after_payment(payment)
-    if payment.status is PaymentStatus.SUCCEEDED:
-        flash("Payment received.", "info")
-        return done
-    if payment.status in (PaymentStatus.FAILED, PaymentStatus.REFUNDED):
-        flash(payment.failure_message or "This payment did not go through.", "error")
-        return done
-    try:
-        intent = gateway.retrieve_intent(payment.stripe_payment_intent_id)
-    except PaymentError as exc:
-        flash(exc.message, "error")
-        return done
-    if intent.status == "succeeded":
-        payments.settle(payment.id)
-        db.session.commit()
-        sub = live_subscription(current_user.id)
-        if payment.data.get("type") == "plan_change" and sub is not None:
-            flash(f"Payment confirmed. You are now on the {sub.plan.name} plan.", "success")
-        else:
-            flash("Payment confirmed. Thank you!", "success")
-        return done
-    if intent.status == "processing":
-        flash("Your payment is processing; we will update your account once your bank confirms it.", "info")
-        return done
-    if intent.status == "requires_action":
-        # Not confirmed yet (the bank's window was closed, or JavaScript is off): ask again.
-        return _payment_action(payment, intent.client_secret,
-                               message="Your bank has not confirmed this payment yet. Please complete the check.")
-    error = from_intent(intent)
-    payments.fail(payment, error.code, error.message, intent_id=intent.id)
-    db.session.commit()
-    flash(error.message, "error")
-    return done
-
-
-def _after_payment(payment: Payment):
-    if payment.purpose is PaymentPurpose.TOPUP and "customer.wallet" in current_app.view_functions:
-        return redirect(url_for("customer.wallet"))
-    return redirect(url_for("customer.subscription"))
+        "customer/subscription.html", section="in_progress", plan=plan, invoice=busy.invoice, payment=busy.payment,
+        pending_plan=pending_plan, form=PaymentForm(),
+    ), 409
 
 
 @bp.post("/subscription/cancel")

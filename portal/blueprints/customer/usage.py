@@ -6,7 +6,6 @@ import uuid
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from markupsafe import Markup
 from wtforms import HiddenField, IntegerField, StringField
 from wtforms.validators import UUID, InputRequired, Length, NumberRange, Optional
 
@@ -141,16 +140,17 @@ def buy_package():
         db.session.rollback()
         form.packages.errors.append(str(error))
         return _page(submitted=form, purchase_error=str(error), status=422)
+    db.session.commit()
     quantity = form.packages.data
     if outcome.status == "paid":
         flash(f"Paid: {quantity} package{'s' if quantity != 1 else ''} added to this period's allowance.", "success")
-    elif outcome.status == "requires_action":
-        where = _url_if_exists("customer.payment_methods")
-        link = Markup(' <a href="{}">Go to Payment methods</a> to confirm it.').format(where) if where else ""
-        flash(Markup("Your bank asks you to confirm this payment (3-D Secure) before it goes through. "
-                     "Nothing is added until it is confirmed.") + link, "warning")
+    elif outcome.status in ("requires_action", "unknown") and outcome.payment is not None:
+        return redirect(url_for("customer.payment", payment_id=outcome.payment.id), code=303)
     elif outcome.status == "processing":
         flash("Your payment is processing; the units are added as soon as it succeeds.", "info")
+    elif outcome.status == "refunded":
+        flash("Your plan changed before the payment went through, so nothing was added and the payment is being "
+              "refunded to your card.", "warning")
     else:
         reason = outcome.error.message if outcome.error is not None else "The payment did not go through."
         flash(f"Payment failed: {reason} Nothing was added, and anything taken from your wallet was returned.",

@@ -6,7 +6,6 @@ import uuid
 from flask import Response, abort, current_app, flash, redirect, render_template, request, stream_with_context, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from sqlalchemy.exc import IntegrityError
 from wtforms import DateField, HiddenField, IntegerField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, NumberRange, Optional, UUID, ValidationError
@@ -17,10 +16,8 @@ from portal.blueprints.customer import bp
 from portal.blueprints.customer.payment_methods import stripe_js_url
 from portal.clock import now
 from portal.extensions import db, htmx
-from portal.models import EntryKind, PaymentPurpose, PaymentStatus
-from portal.payments import gateway
-from portal.payments.errors import PaymentError
-from portal.services import ledger, payments, webhooks
+from portal.models import EntryKind, PaymentStatus
+from portal.services import ledger, payments, purchases, topups
 from portal.services.audit import audit
 
 KIND_LABELS = {
@@ -207,30 +204,19 @@ def wallet_topup():
     card = payments.default_method(user.id)
     if card is None:
         return _render_wallet(form, status=422, topup_error="no_card")
-    key = f"topup:{user.id}:{form.token.data}"
-    already = ledger.topup_by_key(user.id, key)
+    already = topups.card_payment(user.id, form.token.data)
     if already is not None:  # the same form sent twice: show what the first one did
         return redirect(url_for("customer.wallet_topup_status", payment_id=already.id), 303)
-    try:
-        payment = payments.begin_card_payment(
-            user, form.minor, form.currency, purpose=PaymentPurpose.TOPUP, idempotency_key=key,
-            description=f"Top-up by {card.brand.title()} •••• {card.last4}",
-        )
-        db.session.commit()  # recorded before Stripe is called (payments module doc)
-    except IntegrityError:  # a concurrent duplicate submission won the key
-        db.session.rollback()
-        already = ledger.topup_by_key(user.id, key)
-        if already is None:
-            raise
-        return redirect(url_for("customer.wallet_topup_status", payment_id=already.id), 303)
-    outcome = payments.charge(payment)
-    audit("wallet.topup", payment, actor_id=user.id, data={"amount": payment.amount, "outcome": outcome.status})
+    outcome = topups.buy(user, form.minor, form.currency, form.token.data,
+                         card_label=f"{card.brand.title()} •••• {card.last4}")
+    payment = outcome.payment
+    audit("wallet.topup", payment, actor_id=user.id, data={"amount": form.minor, "outcome": outcome.status})
     db.session.commit()
     if outcome.status == "paid":
-        flash(f"{format_money(payment.amount, payment.currency, current_app.config['DEFAULT_LOCALE'])} "
+        flash(f"{format_money(form.minor, form.currency, current_app.config['DEFAULT_LOCALE'])} "
               "added to your wallet.", "success")
         return redirect(url_for("customer.wallet"), 303)
-    if outcome.status in ("requires_action", "processing"):
+    if payment is not None and outcome.status in ("requires_action", "processing", "unknown", "refunded"):
         return redirect(url_for("customer.wallet_topup_status", payment_id=payment.id), 303)
     retry = TopUpForm(form.currency, formdata=None, amount=form.amount.data, token=str(uuid.uuid4()))
     message = outcome.error.message if outcome.error else "The payment did not go through."
@@ -251,14 +237,13 @@ def wallet_topup_status(payment_id: int):
     payment = _owned_topup_or_404(payment_id)
     client_secret = lookup_error = None
     if payment.status is PaymentStatus.REQUIRES_ACTION and payment.stripe_payment_intent_id:
-        try:
-            client_secret = gateway.retrieve_intent(payment.stripe_payment_intent_id).client_secret
-        except PaymentError as error:
-            lookup_error = error.message
+        client_secret = purchases.client_secret(payment)
+        if client_secret is None:
+            lookup_error = "We could not reach the payment service. Reload this page in a moment."
     return render_template(
         "customer/topup.html", payment=payment, entry=ledger.topup_entry(payment), client_secret=client_secret,
         lookup_error=lookup_error, confirm_form=ConfirmForm(), stripe_js_url=stripe_js_url(),
-        stripe_key=current_app.config["STRIPE_PUBLISHABLE_KEY"],
+        stripe_key=current_app.config["STRIPE_PUBLISHABLE_KEY"], refunded=ledger.topup_given_back(payment),
     )
 
 
@@ -269,20 +254,17 @@ class ConfirmForm(FlaskForm):
 @bp.post("/wallet/topups/<int:payment_id>/confirm")
 @login_required
 def wallet_topup_confirm(payment_id: int):
-    """Ask Stripe how the authenticated payment ended and settle or fail it."""
+    """Ask Stripe how the payment ended (after the bank's check, or "check again") and settle or fail it."""
     payment = _owned_topup_or_404(payment_id)
     status_url = url_for("customer.wallet_topup_status", payment_id=payment.id)
-    if not ConfirmForm().validate_on_submit() or payment.stripe_payment_intent_id is None:
+    if not ConfirmForm().validate_on_submit():
         return redirect(status_url, 303)
     if payment.status in (PaymentStatus.PENDING, PaymentStatus.REQUIRES_ACTION):
-        try:
-            intent = gateway.retrieve_intent(payment.stripe_payment_intent_id)
-        except PaymentError as error:
-            flash(error.message, "error")
-            return redirect(status_url, 303)
-        webhooks.apply_intent(payment, intent.to_dict())
+        outcome = purchases.confirm(payment)
         db.session.commit()
-    if payment.status is PaymentStatus.SUCCEEDED:
+        if outcome.status == "unknown" and outcome.error is not None:
+            flash(outcome.error.message, "error")
+    if payment.status is PaymentStatus.SUCCEEDED and ledger.topup_entry(payment) is not None:
         flash(f"{format_money(payment.amount, payment.currency, current_app.config['DEFAULT_LOCALE'])} "
               "added to your wallet.", "success")
         return redirect(url_for("customer.wallet"), 303)
@@ -291,4 +273,3 @@ def wallet_topup_confirm(payment_id: int):
     elif payment.status is PaymentStatus.REQUIRES_ACTION:
         flash("Your bank has not confirmed the payment yet. Confirm it to finish the top-up.", "warning")
     return redirect(status_url, 303)
-

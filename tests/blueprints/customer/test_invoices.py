@@ -9,7 +9,7 @@ import pytest
 from portal.billing.pricing import Tier, TieredPricing
 from portal.extensions import db
 from portal.models import EntryKind, Invoice, LineKind
-from portal.services import invoices, payments, wallet
+from portal.services import invoices, purchases, wallet
 from portal.services.invoices import LineDraft
 from tests.conftest import AuthActions, both_databases
 
@@ -38,7 +38,7 @@ def paid_invoice(alice, clock) -> Invoice:
     """Alice's renewal, paid from her wallet through the real payment service."""
     invoice = _renewal_invoice(alice, clock)
     wallet.credit(alice.id, 10_000, kind=EntryKind.CREDIT, reason="goodwill", idempotency_key="gw")
-    assert payments.pay_invoice(alice, invoice, effects={}).status == "paid"
+    assert purchases.resume(invoice).status == "paid"
     db.session.commit()
     return invoice
 

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from portal.extensions import db
 from portal.models import PaymentMethod, User
 from portal.payments import gateway
-from tests.conftest import add_card, browser_login, csrf_from, fill_card
+from portal.services import payment_methods
+from tests.conftest import add_card, browser_login, csrf_from, fill_card, run_outbox_jobs
 
 DECLINED_AT_SETUP = "4000000000000002"
 NEEDS_AUTH = "4000002500003155"
@@ -163,10 +164,25 @@ def test_make_default_and_remove_with_a_confirm_step(alice, alice_client):
     assert response.status_code == 303
     [left] = methods(alice.id)
     assert left.id == first.id and left.is_default
-    assert gateway.card_details(second_stripe_id).customer is None  # detached at Stripe
+    # Detached at Stripe by a job, once the removal has committed.
+    assert gateway.card_details(second_stripe_id).customer is not None
+    assert run_outbox_jobs() == ["worker.payments.detach_card"]
+    assert gateway.card_details(second_stripe_id).customer is None
     assert "•••• 4444 removed." in alice_client.get("/payment-methods").get_data(as_text=True)
     last = alice_client.get(f"/payment-methods/{first.id}/remove").get_data(as_text=True)
     assert "This is your only card." in last
+
+
+def test_a_removal_that_does_not_commit_leaves_the_card_attached_at_stripe(alice):
+    """Before: the card was detached at Stripe inside the transaction, so a rollback left it in our
+    database but unusable at Stripe."""
+    method = add_card(alice)
+    stripe_id = method.stripe_payment_method_id
+    payment_methods.remove(method)
+    db.session.rollback()  # e.g. the audit row failed to write
+    assert [m.stripe_payment_method_id for m in methods(alice.id)] == [stripe_id]
+    assert gateway.card_details(stripe_id).customer is not None
+    assert run_outbox_jobs() == []  # the rolled-back removal asked for nothing
 
 
 def test_another_customers_card_is_404_everywhere(alice, alice_client, bob):

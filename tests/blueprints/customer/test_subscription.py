@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import re
-import urllib.parse
-import urllib.request
 from datetime import timedelta
 
 import pytest
@@ -15,7 +13,7 @@ from portal.models import EntryKind, Invoice, InvoiceStatus, LineKind, Payment, 
 from portal.services import invoices, usage, wallet
 from portal.services.invoices import LineDraft
 from portal.services.subscriptions import live_subscription
-from tests.conftest import AuthActions, add_card, both_databases, browser_login
+from tests.conftest import AuthActions, add_card, authenticate_3ds, both_databases, browser_login
 
 DECLINING = "4000000000000341"
 THREE_D_SECURE = "4000002500003155"
@@ -240,15 +238,6 @@ def test_next_invoice_adds_usage_so_far(alice_client, alice):
     assert "Estimated total $1,414.00" in text
 
 
-def _authenticate(stripe_server, intent_id: str, client_secret: str, success: bool) -> None:
-    """What Stripe.js does when the customer passes (or fails) the bank's check, on localstripe."""
-    body = urllib.parse.urlencode({"client_secret": client_secret, "success": "true" if success else "false",
-                                   "key": "pk_test_x"}).encode()
-    request = urllib.request.Request(f"{stripe_server.url}/v1/payment_intents/{intent_id}/_authenticate", data=body)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
-
-
 def _start_3ds_upgrade(client, alice):
     add_card(alice, THREE_D_SECURE)
     _, fields = _preview(client, "premium")
@@ -273,7 +262,7 @@ def test_3d_secure_page_loads_stripe_js_and_confirm_settles(alice_client, alice,
     assert early.status_code == 200 and "has not confirmed this payment yet" in early.get_data(as_text=True)
     assert _sub(alice).plan.code == "free"
 
-    _authenticate(stripe_server, intent.id, intent.client_secret, success=True)
+    authenticate_3ds(stripe_server.url, intent.client_secret, success=True)
     done = alice_client.post(f"/payments/{payment.id}/confirm", data={"csrf_token": csrf})
     assert done.status_code == 302 and done.headers["Location"] == "/subscription"
     assert _sub(alice).plan.code == "premium"
@@ -290,7 +279,7 @@ def test_3d_secure_page_loads_stripe_js_and_confirm_settles(alice_client, alice,
 def test_failed_3d_secure_records_the_failure(alice_client, alice, stripe_server, app):
     _, payment, csrf = _start_3ds_upgrade(alice_client, alice)
     intent = app.extensions["stripe_client"].v1.payment_intents.retrieve(payment.stripe_payment_intent_id)
-    _authenticate(stripe_server, intent.id, intent.client_secret, success=False)
+    authenticate_3ds(stripe_server.url, intent.client_secret, success=False)
     response = alice_client.post(f"/payments/{payment.id}/confirm", data={"csrf_token": csrf}, follow_redirects=True)
     assert "The card&#39;s authentication failed" in response.get_data(as_text=True)
     db.session.refresh(payment)

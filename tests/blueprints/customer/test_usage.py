@@ -13,7 +13,7 @@ from portal.extensions import db
 from portal.models import EntryKind, Feature, Invoice, InvoiceStatus, Plan, UsageEvent
 from portal.services import meters, usage, wallet
 from portal.services.subscriptions import live_subscription, transition
-from tests.conftest import add_card
+from tests.conftest import add_card, authenticate_3ds
 
 DECLINING = "4000000000000341"
 NEEDS_3DS = "4000002760003184"
@@ -259,16 +259,19 @@ def test_a_declined_card_says_so_and_adds_nothing(basic_client, alice):
     assert db.session.scalar(sa.select(Invoice.status)) is InvoiceStatus.VOID
 
 
-def test_authentication_required_is_explained(basic_client, alice):
+def test_a_package_the_bank_must_confirm_goes_through_the_3d_secure_page(basic_client, alice, stripe_server):
     add_card(alice, NEEDS_3DS)
     response = basic_client.post("/usage/packages", data={**purchase_form(basic_client), "packages": "1"})
-    assert response.status_code == 303
-    html = page(basic_client)
-    assert "Your bank asks you to confirm this payment" in html
-    flash = re.search(r'<p class="flash flash-warning"[^>]*>(.*?)</p>', html, re.S).group(1)
-    assert "Nothing is added until it is confirmed" in flash
-    assert '<a href="/payment-methods">Go to Payment methods</a>' in flash
-    assert tokens_allowance(alice.id) == 1000
+    assert response.status_code == 303 and re.fullmatch(r"/payments/\d+", response.headers["Location"])
+    html = basic_client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Your bank asks you to confirm this card payment of $8.00 for your package" in text(html)
+    assert tokens_allowance(alice.id) == 1000  # nothing until the bank says yes
+    secret = re.search(r'var secret = "([^"]+)"', html).group(1)
+    authenticate_3ds(stripe_server.url, secret, success=True)
+    csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html).group(1)
+    done = basic_client.post(response.headers["Location"] + "/confirm", data={"csrf_token": csrf})
+    assert done.status_code == 302
+    assert tokens_allowance(alice.id) == 1500
 
 
 @pytest.mark.parametrize("packages, message", [

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import time
-import urllib.request
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 
@@ -14,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from portal.extensions import db
-from portal.models import EntryKind, Payment, PaymentPurpose, PaymentStatus, User, Wallet, WalletEntry
-from portal.services import ledger, payments, wallet
-from tests.conftest import add_card, both_databases, csrf_from
+from portal.models import EntryKind, Invoice, InvoiceStatus, Payment, PaymentPurpose, PaymentStatus, User, Wallet, WalletEntry
+from portal.services import ledger, topups, wallet
+from tests.conftest import add_card, authenticate_3ds, both_databases, csrf_from
 
 DECLINING = "4000000000000341"
 NEEDS_AUTH = "4000002500003155"
@@ -69,7 +67,12 @@ def test_top_up_by_card_credits_the_wallet_once_and_shows_in_the_ledger(alice, a
     assert entry.kind is EntryKind.TOPUP and entry.amount == 2550 and entry.balance_after == 2550
     payment = db.session.scalar(sa.select(Payment))
     assert payment.status is PaymentStatus.SUCCEEDED and payment.purpose is PaymentPurpose.TOPUP
-    assert payment.idempotency_key == f"topup:{alice.id}:{form['token']}"
+    # A top-up is a purchase like the others: an invoice keyed by the form's token, paid by card.
+    invoice = db.session.get(Invoice, payment.invoice_id)
+    assert invoice.idempotency_key == f"topup:{alice.id}:{form['token']}" and invoice.reason == "topup"
+    assert invoice.status is InvoiceStatus.PAID and invoice.total == 2550
+    assert payment.idempotency_key == f"invoice:{invoice.number}:card:1"
+    assert entry.reason == "Top-up by Visa •••• 4242"
 
     # The same form sent again (a double click, a reload) is the same top-up, not a second charge.
     again = alice_client.post("/wallet/topups", data={**form, "amount": "25.50"})
@@ -137,16 +140,6 @@ def test_a_post_without_csrf_token_is_refused(alice, alice_client):
     assert response.status_code == 400 and count(Payment) == 0
 
 
-def _authenticate(stripe_url: str, client_secret: str, success: bool) -> dict:
-    """What localstripe's Stripe.js does when the customer answers the bank's 3-D Secure prompt."""
-    intent_id = client_secret.split("_secret_")[0]
-    request = urllib.request.Request(
-        f"{stripe_url}/v1/payment_intents/{intent_id}/_authenticate?success={'true' if success else 'false'}",
-        data=json.dumps({"key": "pk_test_local", "client_secret": client_secret}).encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.load(response)
-
-
 @pytest.mark.parametrize("success", [True, False])
 def test_a_card_that_needs_authentication_is_confirmed_with_stripe_js(alice, alice_client, stripe_server, success):
     add_card(alice, NEEDS_AUTH)
@@ -162,7 +155,7 @@ def test_a_card_that_needs_authentication_is_confirmed_with_stripe_js(alice, ali
     assert f'src="{stripe_server.url}/js.stripe.com/v3/"' in page
     secret = re.search(r'data-client-secret="([^"]+)"', page).group(1)
     csrf = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page).group(1)
-    _authenticate(stripe_server.url, secret, success)
+    authenticate_3ds(stripe_server.url, secret, success)
 
     confirmed = alice_client.post(f"/wallet/topups/{payment.id}/confirm", data={"csrf_token": csrf})
     assert confirmed.status_code == 303
@@ -185,15 +178,15 @@ def test_a_card_that_needs_authentication_is_confirmed_with_stripe_js(alice, ali
 
 
 def test_another_customers_top_up_is_404(alice, alice_client, bob):
-    add_card(bob)
-    theirs = payments.begin_card_payment(bob, 1000, "USD", purpose=PaymentPurpose.TOPUP,
-                                         idempotency_key="topup:bob:1", description="Bob's top-up")
+    add_card(bob, NEEDS_AUTH)
+    theirs = topups.buy(bob, 1000, "USD", "bob-1", card_label="Visa •••• 3155").payment
     db.session.commit()
+    assert theirs.status is PaymentStatus.REQUIRES_ACTION
     csrf = csrf_from(alice_client, "/wallet")
     assert alice_client.get(f"/wallet/topups/{theirs.id}").status_code == 404
     assert alice_client.post(f"/wallet/topups/{theirs.id}/confirm", data={"csrf_token": csrf}).status_code == 404
     db.session.expire_all()
-    assert db.session.get(Payment, theirs.id).status is PaymentStatus.PENDING
+    assert db.session.get(Payment, theirs.id).status is PaymentStatus.REQUIRES_ACTION
 
 
 # --- the ledger -----------------------------------------------------------------------------------
@@ -350,7 +343,8 @@ def test_ledger_queries_use_the_keyset_indexes_at_100k_rows(alice, db_backend):
     start = date(2025, 1, 1)
     base = datetime(2025, 1, 1, tzinfo=timezone.utc)
     kinds = [EntryKind.TOPUP, EntryKind.PAYMENT, EntryKind.CREDIT, EntryKind.REFUND]
-    rows = [{"wallet_id": account.id, "kind": kinds[n % 4] if n % 1000 else EntryKind.ADJUSTMENT, "amount": 1,
+    rows = [{"wallet_id": account.id, "kind": kinds[n % 4] if n % 1000 else EntryKind.ADJUSTMENT,
+             "amount": -1 if n % 1000 and kinds[n % 4] is EntryKind.PAYMENT else 1,
              "currency": "USD", "balance_after": n + 1, "reason": f"r{n}", "idempotency_key": f"bulk{n}",
              "created_at": base + timedelta(minutes=5 * n)} for n in range(100_000)]
     db.session.execute(sa.insert(WalletEntry), rows)

@@ -25,6 +25,7 @@ from portal.extensions import db
 both_databases = pytest.mark.parametrize("db_backend", ["sqlite", "postgres"], indirect=True)
 
 START = datetime(2026, 1, 31, 9, 0, tzinfo=timezone.utc)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def base_config(database_url: str, instance: Path) -> dict:
@@ -131,17 +132,14 @@ def open_topup(user, amount: int = 2500):
 def charge_at_stripe(payment) -> dict:
     """Send a pending payment's charge to Stripe the way the purchase path does, recording nothing
     here (as if the process died before it heard the answer); returns the PaymentIntent as a dict."""
-    from portal.models import PaymentMethod, User
     from portal.payments import gateway
     from portal.services import payments
 
-    user = db.session.get(User, payment.user_id)
-    method = db.session.get(PaymentMethod, payment.payment_method_id)
-    result = gateway.charge(amount=payment.amount, currency=payment.currency, customer_id=user.stripe_customer_id,
-                            payment_method_id=method.stripe_payment_method_id,
-                            idempotency_key=payments.stripe_key(payment), off_session=False,
-                            metadata=payments.intent_metadata(payment))
-    return gateway.retrieve_intent(result.intent_id).to_dict()
+    request = payments.charge_request(payment)
+    db.session.commit()
+    answer, intent_id = payments.send(request)
+    assert intent_id is not None, answer
+    return gateway.retrieve_intent(intent_id).to_dict()
 
 
 def authenticate_3ds(stripe_url: str, client_secret: str, success: bool = True) -> dict:
@@ -441,3 +439,104 @@ def run_outbox_jobs() -> list[str]:
         module, name = func.rsplit(".", 1)
         getattr(importlib.import_module(module), name)(*args)
         ran.append(func)
+
+
+# --- money checks and Stripe faults ---------------------------------------------------------------
+
+def stripe_intents(user) -> list:
+    """The user's PaymentIntents at Stripe (localstripe), newest first."""
+    from portal.payments import gateway
+
+    db.session.refresh(user)
+    customer = user.stripe_customer_id
+    db.session.commit()  # end the read: SQLite would hold its write lock for the test's next steps
+    if customer is None:
+        return []
+    return list(gateway.client().v1.payment_intents.list(params={"customer": customer, "limit": 100}).data)
+
+
+def refunded_at_stripe(intent_id: str) -> int:
+    from portal.payments import gateway
+
+    return sum(r.amount for r in gateway.client().v1.refunds.list(params={"payment_intent": intent_id}).data)
+
+
+def assert_money_consistent(*users) -> None:
+    """DESIGN §3 for each user: the charges Stripe kept are exactly the paid purchases' card parts, and
+    the wallet's ledger adds up to its balance."""
+    import sqlalchemy as sa
+
+    from portal.models import Invoice, InvoiceStatus, Payment, PaymentStatus, Wallet, WalletEntry
+
+    db.session.expire_all()
+    for user in users:
+        kept = [i for i in stripe_intents(user) if i.status == "succeeded" and refunded_at_stripe(i.id) < i.amount]
+        paid = db.session.scalars(
+            sa.select(Payment.stripe_payment_intent_id).join(Invoice, Invoice.id == Payment.invoice_id)
+            .where(Payment.user_id == user.id, Payment.provider == "stripe", Invoice.status == InvoiceStatus.PAID,
+                   Payment.status.in_([PaymentStatus.SUCCEEDED, PaymentStatus.REFUNDED]))
+        ).all()
+        assert sorted(i.id for i in kept) == sorted(paid), f"Stripe kept {len(kept)} charges, {len(paid)} purchases paid"
+        account = db.session.scalar(sa.select(Wallet).where(Wallet.user_id == user.id))
+        if account is not None:
+            total = db.session.scalar(sa.select(sa.func.coalesce(sa.func.sum(WalletEntry.amount), 0))
+                                      .where(WalletEntry.wallet_id == account.id))
+            assert int(total) == account.balance, f"ledger {total} != balance {account.balance}"
+    db.session.commit()
+
+
+class FaultyStripeHTTP:
+    """Fault injection for Stripe calls, at the HTTP layer under stripe-python (localstripe cannot time out).
+
+    `fault(method, path)` returns None (normal), "lost" (the request reaches Stripe, its answer is
+    lost, as in a read timeout) or "unsent" (the connection fails before Stripe sees it); `before`
+    and `after` hooks run around each real request. Every request is recorded in `sent`.
+    """
+
+    def __init__(self) -> None:
+        import stripe
+
+        base = type(stripe.new_default_http_client())
+
+        class Client(base):  # type: ignore[misc, valid-type]
+            def _sleep_time_seconds(inner, num_retries, response=None):  # noqa: N805 - retries without waiting
+                return 0
+
+            def request(inner, method, url, headers, post_data=None, **kwargs):  # noqa: N805
+                return self._request(super(Client, inner).request, method, url, headers, post_data, **kwargs)
+
+        self.http = Client()
+        self.sent: list[tuple[str, str, dict]] = []
+        self.fault = lambda method, path: None
+        self.after = lambda method, path: None
+
+    def _request(self, real, method, url, headers, post_data, **kwargs):
+        import urllib.parse
+
+        import stripe
+
+        path = urllib.parse.urlsplit(url).path
+        self.sent.append((method.upper(), path, dict(headers or {})))
+        mode = self.fault(method.upper(), path)
+        if mode == "unsent":
+            raise stripe.APIConnectionError("Connection refused (injected)", should_retry=True)
+        response = real(method, url, headers, post_data, **kwargs)
+        self.after(method.upper(), path)
+        if mode == "lost":
+            raise stripe.APIConnectionError("Read timed out (injected)", should_retry=True)
+        return response
+
+    def keys_sent(self, path: str) -> list[str]:
+        return [h.get("Idempotency-Key") for m, p, h in self.sent if m == "POST" and p == path]
+
+
+@pytest.fixture
+def faulty_stripe(app, stripe_server) -> FaultyStripeHTTP:
+    """The app's Stripe client sends through FaultyStripeHTTP (same retries as production)."""
+    import stripe
+
+    faults = FaultyStripeHTTP()
+    app.extensions["stripe_client"] = stripe.StripeClient(
+        app.config["STRIPE_SECRET_KEY"], base_addresses={"api": stripe_server.url}, max_network_retries=2,
+        http_client=faults.http)
+    return faults

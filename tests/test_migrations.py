@@ -54,3 +54,41 @@ def test_exact_decimals_come_back_plain_on_both_backends(app):
     db.session.expire_all()
     pf = db.session.get(PlanFeature, pf.id)
     assert str(pf.package_price) == "100" and str(pf.unit_price) == "0.0005"
+
+
+def test_0004_moves_purchases_onto_their_invoices_and_balances_negative_ones(empty_database, tmp_path):
+    """Data written before the one purchase path: the purchase travels from the payment to the invoice,
+    and an upgrade whose credit exceeded its charge gets the line that says where the rest went."""
+    from flask_migrate import upgrade
+
+    app = create_app(base_config(empty_database, tmp_path))
+    with app.app_context():
+        upgrade(revision="0003")
+        now = "2026-01-31 09:00:00+00:00"
+        with db.engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO users (id, email, name, password_hash, role, session_token, is_active_account, "
+                f"currency, created_at) VALUES (1, 'a@example.com', 'A', 'x', 'customer', 't', true, 'USD', '{now}')"))
+            for number, total, paid, status in (("INV-000001", 999, 999, "paid"), ("INV-000002", -450, 0, "paid")):
+                conn.execute(sa.text(
+                    "INSERT INTO invoices (number, user_id, status, reason, currency, total, amount_paid, created_at) "
+                    f"VALUES ('{number}', 1, '{status}', 'upgrade', 'USD', {total}, {paid}, '{now}')"))
+            conn.execute(sa.text(
+                "INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, amount, breakdown) "
+                "VALUES (2, 1, 'proration', 'Unused time', 1, -1449, '[]'), (2, 2, 'plan', 'Monthly', 1, 999, '[]')"))
+            conn.execute(sa.text(
+                "INSERT INTO payments (user_id, invoice_id, purpose, amount, currency, status, provider, "
+                "idempotency_key, amount_refunded, description, data, created_at, updated_at) VALUES (1, 1, 'invoice', "
+                f"999, 'USD', 'succeeded', 'stripe', 'invoice:INV-000001:card', 0, '', "
+                f"'{{\"type\": \"plan_change\", \"plan_id\": 2}}', '{now}', '{now}')"))
+        upgrade()
+        with db.engine.connect() as conn:
+            purchases = dict(conn.execute(sa.text("SELECT number, purchase FROM invoices")).all())
+            totals = dict(conn.execute(sa.text("SELECT number, total FROM invoices")).all())
+            lines = conn.execute(sa.text("SELECT kind, amount FROM invoice_lines WHERE invoice_id = 2 "
+                                         "ORDER BY position")).all()
+        db.engine.dispose()
+    as_dict = {k: v if isinstance(v, dict) else __import__("json").loads(v) for k, v in purchases.items()}
+    assert as_dict == {"INV-000001": {"type": "plan_change", "plan_id": 2}, "INV-000002": {}}
+    assert totals == {"INV-000001": 999, "INV-000002": 0}
+    assert [tuple(line) for line in lines] == [("proration", -1449), ("plan", 999), ("credit", 450)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,15 +61,16 @@ class ChargeResult:
 
 
 def create_customer(email: str, name: str, user_id: int) -> str:
-    """A Stripe customer for one of our users; the same user always maps to the same key.
+    """A Stripe customer for one of our users.
 
-    The key names the email too: after a database restore a reused user id belongs to someone else.
+    The key is new for each call (stripe-python's own retries of this call share it): a user id can
+    come back after a database restore, and a key naming it would hand the new user the old
+    customer. A crash before our commit leaves at worst an unused customer at Stripe, never a charge.
     """
-    email_hash = hashlib.sha256(email.lower().encode()).hexdigest()[:12]
     try:
         customer = client().v1.customers.create(
             params={"email": email, "name": name or email, "metadata": {"user_id": str(user_id)}},
-            options=_options(f"{key_prefix()}:customer:{user_id}:{email_hash}"),
+            options=_options(f"{key_prefix()}:customer:{user_id}:{uuid.uuid4().hex}"),
         )
     except stripe.StripeError as exc:
         raise classify(exc) from exc
@@ -179,7 +181,7 @@ def find_intent(customer_id: str, metadata: Mapping[str, str]):
     except stripe.StripeError as exc:
         raise classify(exc) from exc
     for intent in page.data:
-        found = intent.metadata or {}
+        found = intent.to_dict().get("metadata") or {}
         if all(found.get(key) == value for key, value in metadata.items()):
             return intent
     return None

@@ -94,7 +94,7 @@ def begin_card_payment(
     purpose: PaymentPurpose,
     description: str,
 ) -> Payment:
-    """Write the pending card attempt for what the invoice still owes (flushes; commit before `submit`)."""
+    """Write the pending card attempt for what the invoice still owes (flushes; commit it before `send`)."""
     attempt = 1 + db.session.scalar(
         sa.select(sa.func.count(Payment.id)).where(Payment.invoice_id == invoice.id, Payment.provider == "stripe")
     )
@@ -115,35 +115,65 @@ def stripe_key(payment: Payment) -> str:
     return payment.stripe_idempotency_key or payment.idempotency_key
 
 
-def submit(payment: Payment, *, off_session: bool = False) -> Submission:
-    """Send the charge to Stripe and record its answer on the row (flushes; the caller commits).
+@dataclass(frozen=True)
+class ChargeRequest:
+    """Everything Stripe needs for a charge, read before the commit so that no database transaction
+    is open while Stripe works (on SQLite an open transaction holds the only write lock)."""
 
-    A definite refusal comes back as "declined" with its error, the row left for the caller to
-    fail; no answer at all (network, timeout, 5xx) comes back as "unknown" and leaves the row
-    pending, with the same key for the next try.
-    """
+    payment_id: int
+    amount: int
+    currency: str
+    customer_id: str
+    payment_method_id: str | None
+    idempotency_key: str
+    off_session: bool
+    metadata: dict[str, str]
+
+
+def charge_request(payment: Payment, *, off_session: bool = False) -> ChargeRequest:
     user = db.session.get(User, payment.user_id)
     method = db.session.get(PaymentMethod, payment.payment_method_id) if payment.payment_method_id else None
-    if method is None:
-        return Submission("declined", error=NoPaymentMethod())
+    return ChargeRequest(payment.id, payment.amount, payment.currency, ensure_customer(user),
+                         method.stripe_payment_method_id if method else None, stripe_key(payment), off_session,
+                         intent_metadata(payment))
+
+
+def send(request: ChargeRequest) -> tuple[Submission, str | None]:
+    """Ask Stripe for the charge; touches no database. Returns the answer and the intent id, if any.
+
+    A definite refusal comes back as "declined" with its error; no answer at all (network, timeout,
+    5xx) as "unknown", the charge's outcome not known: the payment must stay pending.
+    """
+    if request.payment_method_id is None:
+        return Submission("declined", error=NoPaymentMethod()), None
     try:
         result = gateway.charge(
-            amount=payment.amount, currency=payment.currency, customer_id=ensure_customer(user),
-            payment_method_id=method.stripe_payment_method_id, idempotency_key=stripe_key(payment),
-            off_session=off_session, metadata=intent_metadata(payment),
+            amount=request.amount, currency=request.currency, customer_id=request.customer_id,
+            payment_method_id=request.payment_method_id, idempotency_key=request.idempotency_key,
+            off_session=request.off_session, metadata=request.metadata,
         )
     except TransientPaymentError as error:
-        if error.intent_id:
-            attach_intent(payment, error.intent_id)
-        return Submission("unknown", error=error)
+        return Submission("unknown", error=error), error.intent_id
     except PaymentError as error:
-        if error.intent_id:
-            attach_intent(payment, error.intent_id)
-        return Submission("declined", error=error)
-    attach_intent(payment, result.intent_id)
-    if result.status == "requires_action":
+        return Submission("declined", error=error), error.intent_id
+    return Submission(result.status, client_secret=result.client_secret), result.intent_id
+
+
+def record(payment: Payment, answer: Submission, intent_id: str | None) -> None:
+    """Note Stripe's answer on the row (flushes); failing a declined payment is the purchase path's."""
+    if intent_id:
+        attach_intent(payment, intent_id)
+    if answer.status == "requires_action":
         _move(payment, OPEN_STATUSES, status=PaymentStatus.REQUIRES_ACTION)
-    return Submission(result.status, client_secret=result.client_secret)
+    elif answer.status == "unknown":
+        # Still pending, but no longer in flight: someone has to ask Stripe (the customer, the reconciler).
+        payment.data = {**(payment.data or {}), "unanswered": answer.error.code if answer.error else "unknown"}
+        db.session.flush()
+
+
+def unanswered(payment: Payment) -> bool:
+    """A pending payment whose charge got no answer (as opposed to one still being sent)."""
+    return payment.status is PaymentStatus.PENDING and bool((payment.data or {}).get("unanswered"))
 
 
 def intent_metadata(payment: Payment) -> dict[str, str]:

@@ -232,7 +232,7 @@ class PlanChange(purchases.Effect):
                                  data={"from_plan_id": self.from_plan_id, "plan_id": self.plan_id,
                                        "invoice": invoice.number}, **changes)
         db.session.expire(sub, ["plan"])
-        if self.reset:  # prepaid units bought in the period that ends early are not lost
+        if self.reset and old_period_start != self.period_start:  # prepaid units of the cut period are not lost
             usage.carry_prepaid_units(sub.user_id, old_period_start, Period(self.period_start, self.period_end),
                                       old_limits)
         if self.credit_to_wallet:

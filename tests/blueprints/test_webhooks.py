@@ -18,7 +18,7 @@ from portal.models import (
     RefundStatus, RetryStrategy, User, Wallet, WalletEntry, WebhookEvent,
 )
 from portal.payments import gateway
-from portal.services import payments, topups
+from portal.services import payments, topups, wallet
 from portal.services import webhooks as webhook_service
 from tests.conftest import add_card, both_databases, charge_at_stripe, open_topup
 
@@ -248,6 +248,40 @@ def test_charge_refunded_sets_the_refunded_amount_and_never_double_counts(client
         sa.select(WalletEntry).where(WalletEntry.kind == EntryKind.REFUND).order_by(WalletEntry.id))]
     assert refunds == [(EntryKind.REFUND, -1000, f"topup-refund:{payment.id}:1000"),
                        (EntryKind.REFUND, -2000, f"topup-refund:{payment.id}:3000")]
+
+
+def test_a_refund_the_wallet_no_longer_covers_takes_what_is_there_and_tells_staff(client, alice):
+    add_card(alice)
+    payment = paid_topup(alice, 3000)
+    wallet.debit(alice.id, 2500, reason="Payment of INV-9", idempotency_key="spent")  # spent most of it
+    db.session.commit()
+    charge = {"id": "ch_2", "object": "charge", "payment_intent": payment.stripe_payment_intent_id,
+              "amount": 3000, "amount_refunded": 3000}
+    assert deliver(client, event("charge.refunded", charge)).status_code == 200
+    assert deliver(client, event("charge.refunded", charge)).status_code == 200  # Stripe resends it
+    assert balance(alice.id) == 0
+    shortfall = db.session.scalar(sa.select(OperationError))
+    assert (shortfall.operation_type, shortfall.strategy, shortfall.status) == (
+        "refund_shortfall", RetryStrategy.MANUAL, ErrorStatus.MANUAL)
+    assert shortfall.context == {"payment_id": payment.id, "refunded": 3000, "taken": 500, "short": 2500,
+                                 "currency": "USD"}
+    total = db.session.scalar(sa.select(sa.func.sum(WalletEntry.amount)))
+    assert total == 0 == balance(alice.id)
+
+
+def test_a_dispute_is_left_for_a_person_with_what_they_need(client, alice):
+    add_card(alice)
+    payment = paid_topup(alice, 2000)
+    dispute = {"id": "dp_1", "object": "dispute", "charge": "ch_9", "payment_intent": payment.stripe_payment_intent_id,
+               "amount": 2000, "currency": "usd", "reason": "fraudulent", "status": "needs_response"}
+    assert deliver(client, event("charge.dispute.created", dispute)).get_json()["status"] == "processed"
+    assert deliver(client, event("charge.dispute.created", dispute)).get_json()["status"] == "processed"
+    [error] = db.session.scalars(sa.select(OperationError)).all()
+    assert (error.operation_type, error.error_code, error.strategy, error.status) == (
+        "dispute", "fraudulent", RetryStrategy.MANUAL, ErrorStatus.MANUAL)
+    assert error.user_id == alice.id and error.context["payment_id"] == payment.id
+    assert "disputes charge ch_9 (2000 USD): fraudulent" in error.message
+    assert balance(alice.id) == 2000  # nothing automatic happens to the money
 
 
 def test_setup_intent_succeeded_saves_the_card_once(client, alice):

@@ -48,3 +48,47 @@ def test_with_redis_down_the_message_waits_for_the_sweep(app, redis_server, redi
     assert outbox.dispatch_pending() == 1
     assert Job.exists("j-3", connection=redis_conn)
     assert outbox.dispatch_pending() == 0  # sent once
+
+
+def test_the_after_commit_dispatch_and_the_sweep_never_enqueue_one_message_twice(app, redis_server, redis_conn,
+                                                                                   monkeypatch):
+    """Two dispatchers on one message: the second runs at the worst moment, while the first is enqueueing.
+
+    Fault injection of timing only: a Queue whose enqueue first runs the sweep (the real one).
+    Before messages were claimed, both pushed the job and it ran twice.
+    """
+    app.config["REDIS_URL"] = "redis://127.0.0.1:1/0"  # the after-commit dispatch fails: the message waits
+    app.extensions["redis"] = None
+    outbox.enqueue_after_commit("worker.maintenance.purge_expired", job_id="j-race")
+    db.session.commit()
+    db.session.commit()
+    app.config["REDIS_URL"] = redis_server.url
+    app.extensions["redis"] = None
+    raced: list[bool] = []
+    swept: list[int] = []
+
+    class RacingQueue(Queue):
+        def enqueue(self, *args, **kwargs):
+            if not raced:
+                raced.append(True)
+                swept.append(outbox.dispatch_pending())  # the sweep, in the middle of our enqueue
+            return super().enqueue(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "Queue", RacingQueue)
+    first = outbox.dispatch_pending()
+    assert (first, swept) in ((1, [0]), (0, [1]))
+    assert Queue("default", connection=redis_conn).job_ids == ["j-race"]  # once, not twice
+    assert outbox.dispatch_pending() == 0
+
+
+def test_a_claim_left_by_a_dead_dispatcher_lapses_and_the_sweep_sends_it(app, redis_server, redis_conn, clock):
+    app.config["REDIS_URL"] = redis_server.url
+    app.extensions["redis"] = None
+    message_id = outbox.enqueue_after_commit("worker.maintenance.purge_expired", job_id="j-dead").id
+    db.session.info.pop("outbox_pending", None)  # the dispatcher "dies" before dispatching
+    db.session.commit()
+    assert outbox._claim(message_id)  # it had claimed the message, then died
+    assert outbox.dispatch_pending() == 0  # claimed by someone else: left alone
+    clock.advance(seconds=61)
+    assert outbox.dispatch_pending() == 1
+    assert Queue("default", connection=redis_conn).job_ids == ["j-dead"]

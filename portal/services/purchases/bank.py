@@ -20,7 +20,6 @@ from portal.services import payments, retries
 from portal.services.purchases import effects
 from portal.services.purchases.flow import (
     Outcome,
-    _commit_before_provider_call,
     _submit,
     fail,
     outcome_of,
@@ -73,7 +72,6 @@ def confirm(payment: Payment) -> Outcome:
             apply_intent(payment, intent)
         elif (payment.status is PaymentStatus.PENDING and invoice is not None
               and invoice.status is InvoiceStatus.OPEN and payments.may_resend(payment)):
-            _commit_before_provider_call()
             return _submit(payment, off_session=False)
         else:
             fail(payment, "not_submitted", "The payment did not reach the bank. Nothing was charged.")

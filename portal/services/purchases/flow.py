@@ -157,7 +157,6 @@ def _pay(user: User, invoice: Invoice, effect: Effect, *, off_session: bool) -> 
     payments.ensure_customer(user)  # before the commit, so a reconciler can find the charge by customer
     payment = payments.begin_card_payment(invoice, method, purpose=effect.purpose,
                                           description=effect.card_description(invoice))
-    _commit_before_provider_call()
     return _submit(payment, off_session=off_session)
 
 
@@ -181,7 +180,12 @@ def _pay_from_wallet(invoice: Invoice) -> Payment | None:
 
 
 def _submit(payment: Payment, *, off_session: bool) -> Outcome:
-    result = payments.submit(payment, off_session=off_session)
+    """Commit the pending payment, ask Stripe with no transaction open, then act on the answer."""
+    request = payments.charge_request(payment, off_session=off_session)
+    _commit_before_provider_call()
+    result, intent_id = payments.send(request)
+    payment = db.session.get(Payment, request.payment_id)
+    payments.record(payment, result, intent_id)
     invoice = db.session.get(Invoice, payment.invoice_id)
     if result.status == "succeeded":
         settled = settle(payment)
@@ -316,7 +320,7 @@ def outcome_of(invoice: Invoice | None, payment: Payment | None) -> Outcome:
                                       payment.failure_message or "the payment did not go through"))
     if payment.status is PaymentStatus.REQUIRES_ACTION:
         return Outcome("requires_action", invoice, payment)
-    return Outcome("processing" if payment.stripe_payment_intent_id else "unknown", invoice, payment)
+    return Outcome("unknown" if payments.unanswered(payment) else "processing", invoice, payment)
 
 
 def _was_given_back(payment: Payment) -> bool:

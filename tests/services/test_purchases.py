@@ -343,6 +343,7 @@ def test_choosing_a_plan_with_a_free_trial_starts_it_without_a_charge(alice, ann
     sub.status, sub.plan_id = SubscriptionStatus.ACTIVE, _plan("free").id
     db.session.commit()
     assert not plan_changes.preview(alice, annual).trial
+    assert_money_consistent(alice)
 
 
 # --- 5. an upgrade after the period ended is never free -----------------------------------------------

@@ -331,3 +331,53 @@ def test_in_a_browser_calculator_swaps_errors_and_3d_secure_upgrades(alice, stri
     page.wait_for_url(f"{live_server}/subscription", timeout=10_000)
     assert "You are now on the Premium plan" in page.inner_text(".flashes")
     assert _sub(alice).plan.code == "premium"
+
+
+def test_a_plan_with_a_free_trial_is_tried_without_a_charge(alice_client, alice, clock):
+    db.session.execute(sa.update(Plan).where(Plan.code == "premium").values(trial_days=14))
+    db.session.commit()
+    html, fields = _preview(alice_client, "premium")
+    text = _text(html)
+    assert "Try Premium free" in text and "Your 14-day free trial of Premium starts now and ends on 14 Feb 2026" in text
+    assert "Nothing is charged today." in text and "add a card" in text  # no card saved yet
+    response = alice_client.post("/subscription/change/premium", data=fields)
+    assert response.status_code == 302
+    page = _text(alice_client.get("/subscription").get_data(as_text=True))
+    assert "Your 14-day free trial of Premium has started. Nothing is charged until 14 Feb 2026." in page
+    assert "Premium Trial" in page and "Trial ends 14 Feb 2026" in page
+    sub = _sub(alice)
+    assert sub.status is SubscriptionStatus.TRIALING and sub.trial_end == clock.now() + timedelta(days=14)
+    assert db.session.scalar(sa.select(sa.func.count(Invoice.id))) == 0
+    assert db.session.scalar(sa.select(sa.func.count(Payment.id))) == 0
+
+
+def test_an_upgrade_waiting_for_the_bank_is_shown_with_continue_and_cancel(alice_client, alice, stripe_server):
+    _start_3ds_upgrade(alice_client, alice)
+    html = alice_client.get("/subscription").get_data(as_text=True)
+    box = _text(re.search(r'<article class="alert alert-warning" id="pending-upgrade">.*?</article>', html, re.S)[0])
+    assert "Your upgrade to Premium is not finished. Your bank asks you to confirm the payment of $9.99." in box
+    payment = db.session.scalar(sa.select(Payment))
+    assert f'href="/payments/{payment.id}"' in html
+    invoice = db.session.scalar(sa.select(Invoice))
+    detail = alice_client.get(f"/invoices/{invoice.number}").get_data(as_text=True)
+    assert f'<a href="/payments/{payment.id}">Confirm with your bank</a>' in detail
+    assert "Confirm your payment" in alice_client.get(f"/payments/{payment.id}").get_data(as_text=True)
+    cancelled = alice_client.post(f"/purchases/{invoice.number}/cancel", data={"csrf_token": _fields(html)["csrf_token"]},
+                                  follow_redirects=True)
+    assert f"Cancelled: {invoice.number} will not be charged." in _text(cancelled.get_data(as_text=True))
+    db.session.expire_all()
+    assert db.session.get(Invoice, invoice.id).status is InvoiceStatus.VOID
+    assert db.session.get(Payment, payment.id).status is PaymentStatus.FAILED
+    assert "pending-upgrade" not in alice_client.get("/subscription").get_data(as_text=True)
+
+
+def test_the_amounts_shown_are_the_amounts_charged(alice_client, alice, stripe_server):
+    add_card(alice)
+    _, fields = _preview(alice_client, "premium")
+    db.session.execute(sa.update(Plan).where(Plan.code == "premium").values(price_amount=1299))
+    db.session.commit()
+    response = alice_client.post("/subscription/change/premium", data=fields)
+    assert response.status_code == 409
+    text = _text(response.get_data(as_text=True))
+    assert "The amounts changed since you opened this page." in text and "Due now $12.99" in text
+    assert db.session.scalar(sa.select(sa.func.count(Invoice.id))) == 0

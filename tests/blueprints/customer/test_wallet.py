@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from portal.extensions import db
 from portal.models import EntryKind, Invoice, InvoiceStatus, Payment, PaymentPurpose, PaymentStatus, User, Wallet, WalletEntry
 from portal.services import ledger, topups, wallet
-from tests.conftest import add_card, authenticate_3ds, both_databases, csrf_from
+from tests.conftest import add_card, assert_money_consistent, authenticate_3ds, both_databases, csrf_from
 
 DECLINING = "4000000000000341"
 NEEDS_AUTH = "4000002500003155"
@@ -409,3 +409,20 @@ def _sqlite_plan(statement: str, params) -> str:
     cursor = db.session.connection().connection.dbapi_connection.cursor()
     rows = cursor.execute("EXPLAIN QUERY PLAN " + statement, params).fetchall()
     return " | ".join(str(r[-1]) for r in rows)
+
+
+def test_a_top_up_whose_answer_was_lost_is_checked_again_and_credited_once(alice, alice_client, faulty_stripe):
+    add_card(alice)
+    faulty_stripe.fault = lambda method, path: "lost" if (method, path) == ("POST", "/v1/payment_intents") else None
+    response = alice_client.post("/wallet/topups", data={**topup_form(alice_client), "amount": "20"})
+    assert response.status_code == 303 and "/wallet/topups/" in response.headers["Location"]
+    page = alice_client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Checking with your bank." in page and "You will not be charged twice" in page
+    assert balance(alice.id) == 0
+    faulty_stripe.fault = lambda method, path: None
+    csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    checked = alice_client.post(response.headers["Location"] + "/confirm", data={"csrf_token": csrf})
+    assert checked.status_code == 303 and checked.headers["Location"].endswith("/wallet")
+    assert balance(alice.id) == 2000 and len(entries(alice.id)) == 1
+    assert len(set(faulty_stripe.keys_sent("/v1/payment_intents"))) == 1  # every try sent the same key
+    assert_money_consistent(alice)

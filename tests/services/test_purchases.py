@@ -54,6 +54,14 @@ def _bank_says_yes(stripe_server, payment: Payment) -> None:
     authenticate_3ds(stripe_server.url, gateway.retrieve_intent(payment.stripe_payment_intent_id).client_secret)
 
 
+def _waiting_for_the_bank(user: User, token: str, plan: str = "premium") -> purchases.Outcome:
+    """An upgrade paid with a card whose bank asks for 3-D Secure, left at that question."""
+    outcome = plan_changes.upgrade(user, _plan(plan), token=token)
+    db.session.commit()
+    assert outcome.status == "requires_action"
+    return outcome
+
+
 def _move_plan(user: User, code: str, reason: str = "changed by staff") -> None:
     """Another actor changes the subscription (staff, or a renewal) while a payment waits."""
     sub = live_subscription(user.id)
@@ -65,9 +73,7 @@ def _move_plan(user: User, code: str, reason: str = "changed by staff") -> None:
 
 def test_a_second_upgrade_while_the_first_waits_for_3d_secure_is_refused_and_charges_once(alice, stripe_server):
     add_card(alice, THREE_D_SECURE)
-    first = plan_changes.upgrade(alice, _plan("premium"), token="tab-1")
-    db.session.commit()
-    assert first.status == "requires_action"
+    first = _waiting_for_the_bank(alice, "tab-1")
     # A second tab (or Basic→Pro pending, then Basic→Business): refused while the first is open.
     with pytest.raises(purchases.PurchaseInProgress) as busy:
         plan_changes.upgrade(alice, _plan("business"), token="tab-2")
@@ -84,8 +90,7 @@ def test_a_second_upgrade_while_the_first_waits_for_3d_secure_is_refused_and_cha
 def test_cancelling_the_waiting_upgrade_lets_another_one_through_and_the_first_can_never_be_paid(
         alice, stripe_server):
     add_card(alice, THREE_D_SECURE)
-    first = plan_changes.upgrade(alice, _plan("premium"), token="tab-1")
-    db.session.commit()
+    first = _waiting_for_the_bank(alice, "tab-1")
     intent_id = first.payment.stripe_payment_intent_id
     assert purchases.cancel_purchase(first.invoice, "cancelled by the customer").status == "failed"
     db.session.commit()
@@ -104,8 +109,7 @@ def test_cancelling_the_waiting_upgrade_lets_another_one_through_and_the_first_c
 
 def test_a_late_settlement_after_the_subscription_moved_on_is_refunded_not_applied(alice, stripe_server):
     add_card(alice, THREE_D_SECURE)
-    first = plan_changes.upgrade(alice, _plan("premium"), token="tab-1")
-    db.session.commit()
+    first = _waiting_for_the_bank(alice, "tab-1")
     period_before = _sub(alice).current_period_start
     _move_plan(alice, "business")
     _bank_says_yes(stripe_server, first.payment)
@@ -151,9 +155,7 @@ def test_the_database_itself_refuses_a_second_open_plan_change(alice):
 
 def test_resubmitting_after_a_top_up_never_pays_an_invoice_whose_card_is_in_flight(alice, stripe_server):
     add_card(alice, THREE_D_SECURE)
-    first = plan_changes.upgrade(alice, _plan("premium"), token="same-form")
-    db.session.commit()
-    assert first.status == "requires_action"
+    first = _waiting_for_the_bank(alice, "same-form")
     wallet.credit(alice.id, 5000, kind=EntryKind.TOPUP, reason="top-up in another tab", idempotency_key="t")
     db.session.commit()
     again = plan_changes.upgrade(alice, _plan("premium"), token="same-form")  # the same form, resubmitted
@@ -254,9 +256,8 @@ def test_an_abandoned_3d_secure_is_cancelled_at_stripe_and_frees_the_subscriptio
     add_card(alice, THREE_D_SECURE)
     wallet.credit(alice.id, 300, kind=EntryKind.CREDIT, reason="goodwill", idempotency_key="gw")
     db.session.commit()
-    left = plan_changes.upgrade(alice, _plan("premium"), token="t")
-    db.session.commit()
-    assert left.status == "requires_action" and wallet.get_wallet(alice.id).balance == 0
+    left = _waiting_for_the_bank(alice, "t")
+    assert wallet.get_wallet(alice.id).balance == 0
     assert _reconcile(clock) == {"canceled": 1}
     assert gateway.retrieve_intent(left.payment.stripe_payment_intent_id).status == "canceled"
     assert db.session.get(Invoice, left.invoice.id).status is InvoiceStatus.VOID

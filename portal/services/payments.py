@@ -164,7 +164,7 @@ def record(payment: Payment, answer: Submission, intent_id: str | None) -> None:
     if intent_id:
         attach_intent(payment, intent_id)
     if answer.status == "requires_action":
-        _move(payment, OPEN_STATUSES, status=PaymentStatus.REQUIRES_ACTION)
+        mark_requires_action(payment)
     elif answer.status == "unknown":
         # Still pending, but no longer in flight: someone has to ask Stripe (the customer, the reconciler).
         payment.data = {**(payment.data or {}), "unanswered": answer.error.code if answer.error else "unknown"}
@@ -234,6 +234,11 @@ def mark_succeeded(payment: Payment) -> bool:
     """pending / requires_action → succeeded, once. A payment recorded as failed that Stripe reports as
     paid moves too: Stripe holds the money, so the books must say so (the purchase path gives it back)."""
     return _move(payment, (*OPEN_STATUSES, PaymentStatus.FAILED), status=PaymentStatus.SUCCEEDED)
+
+
+def mark_requires_action(payment: Payment) -> bool:
+    """pending → requires_action: the bank asks the customer to confirm (3-D Secure)."""
+    return _move(payment, (PaymentStatus.PENDING,), status=PaymentStatus.REQUIRES_ACTION)
 
 
 def mark_failed(payment: Payment, code: str, message: str) -> bool:

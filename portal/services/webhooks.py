@@ -167,7 +167,9 @@ def _on_charge_refunded(charge: Mapping[str, Any]) -> bool:
     refunded = charge.get("amount_refunded")
     if not isinstance(intent_id, str) or not isinstance(refunded, int) or isinstance(refunded, bool):
         return False
-    payment = db.session.scalar(sa.select(Payment).where(Payment.stripe_payment_intent_id == intent_id))
+    # Locked: two refund events of one charge handled at once must not both take the same money back.
+    payment = db.session.scalar(sa.select(Payment).where(Payment.stripe_payment_intent_id == intent_id)
+                                .with_for_update().execution_options(populate_existing=True))
     if payment is None:
         return False
     payments.raise_refunded_to(payment, refunded)

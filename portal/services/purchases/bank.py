@@ -51,8 +51,8 @@ def apply_intent(payment: Payment, intent: Mapping[str, Any]) -> str:
         if status == "canceled" and not intent.get("last_payment_error"):
             error.code, error.message = "canceled", "The payment was cancelled before it completed."
         return "failed" if fail(payment, error.code, error.message) else "unchanged"
-    if status == "requires_action" and payment.status is PaymentStatus.PENDING:
-        payments._move(payment, (PaymentStatus.PENDING,), status=PaymentStatus.REQUIRES_ACTION)
+    if status == "requires_action":
+        payments.mark_requires_action(payment)
     return "unchanged"
 
 

@@ -178,3 +178,27 @@ def test_the_page_and_the_webhook_settling_one_top_up_at_once_credit_it_once(app
     assert db.session.scalar(sa.select(sa.func.count(WalletEntry.id))) == 1
     assert gateway.retrieve_intent(intent["id"]).status == "succeeded"
     assert_money_consistent(alice)
+
+
+@both_databases
+def test_two_refund_events_of_one_top_up_at_once_take_its_money_back_once(app, alice, stripe_server):
+    add_card(alice)
+    from portal.services import topups
+
+    payment = topups.buy(alice, 3000, "USD", "t", card_label="Visa •••• 4242").payment
+    db.session.commit()
+    intent_id = payment.stripe_payment_intent_id
+    db.session.commit()  # end the read before the threads write
+
+    def refunded(total: int):
+        charge = {"id": "ch_1", "object": "charge", "payment_intent": intent_id, "amount": 3000,
+                  "amount_refunded": total}
+        return lambda: deliver(app.test_client(), event("charge.refunded", charge))
+
+    answers = _at_once(refunded(1000), refunded(3000), refunded(3000))
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    db.session.expire_all()
+    assert db.session.scalar(sa.select(Wallet.balance).where(Wallet.user_id == alice.id)) == 0
+    taken = db.session.scalars(sa.select(WalletEntry.amount).where(WalletEntry.amount < 0)).all()
+    assert sum(taken) == -3000
+    assert db.session.get(Payment, payment.id).status is PaymentStatus.REFUNDED

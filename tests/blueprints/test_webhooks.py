@@ -20,7 +20,7 @@ from portal.models import (
 from portal.payments import gateway
 from portal.services import payments, topups, wallet
 from portal.services import webhooks as webhook_service
-from tests.conftest import add_card, both_databases, charge_at_stripe, open_topup
+from tests.conftest import add_card, assert_money_consistent, both_databases, charge_at_stripe, open_topup
 
 SECRET = "whsec_test_secret"
 
@@ -248,6 +248,7 @@ def test_charge_refunded_sets_the_refunded_amount_and_never_double_counts(client
         sa.select(WalletEntry).where(WalletEntry.kind == EntryKind.REFUND).order_by(WalletEntry.id))]
     assert refunds == [(EntryKind.REFUND, -1000, f"topup-refund:{payment.id}:1000"),
                        (EntryKind.REFUND, -2000, f"topup-refund:{payment.id}:3000")]
+    assert_money_consistent(alice)
 
 
 def test_a_refund_the_wallet_no_longer_covers_takes_what_is_there_and_tells_staff(client, alice):
@@ -265,8 +266,7 @@ def test_a_refund_the_wallet_no_longer_covers_takes_what_is_there_and_tells_staf
         "refund_shortfall", RetryStrategy.MANUAL, ErrorStatus.MANUAL)
     assert shortfall.context == {"payment_id": payment.id, "refunded": 3000, "taken": 500, "short": 2500,
                                  "currency": "USD"}
-    total = db.session.scalar(sa.select(sa.func.sum(WalletEntry.amount)))
-    assert total == 0 == balance(alice.id)
+    assert_money_consistent(alice)
 
 
 def test_a_dispute_is_left_for_a_person_with_what_they_need(client, alice):
@@ -282,6 +282,7 @@ def test_a_dispute_is_left_for_a_person_with_what_they_need(client, alice):
     assert error.user_id == alice.id and error.context["payment_id"] == payment.id
     assert "disputes charge ch_9 (2000 USD): fraudulent" in error.message
     assert balance(alice.id) == 2000  # nothing automatic happens to the money
+    assert_money_consistent(alice)
 
 
 def test_setup_intent_succeeded_saves_the_card_once(client, alice):

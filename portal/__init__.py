@@ -86,7 +86,9 @@ def _limits_by_decorator_only(app: Flask) -> None:
 def register_purchases() -> None:
     """Each kind of purchase registers its effect where its domain lives; load them all, so a webhook
     or a job can settle any invoice whatever pages this process has served."""
-    from portal.services import packages, plan_changes, topups  # noqa: F401
+    from portal.services.subscriptions import changes  # noqa: F401
+    from portal.services.usage import packages  # noqa: F401
+    from portal.services.wallet import topups  # noqa: F401
 
 
 def register_blueprints(app: Flask) -> None:

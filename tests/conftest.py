@@ -100,7 +100,7 @@ def stripe_server():
 def add_card(user, number: str = "4242424242424242"):
     """Save a test card for `user` the way the payment-methods page does after Stripe.js."""
     from portal.payments import gateway
-    from portal.services import payment_methods
+    from portal.services.payments import cards as payment_methods
 
     pm = gateway.client().v1.payment_methods.create(
         params={"type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2031, "cvc": "123"}})
@@ -117,7 +117,7 @@ def open_topup(user, amount: int = 2500):
     from portal.models import LineKind, PaymentPurpose
     from portal.services import invoices, payments
     from portal.services.invoices import LineDraft
-    from portal.services.topups import TopUp
+    from portal.services.wallet.topups import TopUp
 
     invoice = invoices.create_invoice(
         user.id, "USD", [LineDraft(LineKind.CREDIT, "Wallet top-up", amount)], reason="topup",

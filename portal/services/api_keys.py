@@ -12,7 +12,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from portal.clock import now
 from portal.extensions import db
 from portal.models import ApiKey, User
-from portal.services import usage_sql
+from portal.services.usage import sql as usage_sql
 
 PREFIX = "sp_live_"
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from portal.clock import now
 from portal.models import IdempotencyRecord
-from portal.services import usage_sql
+from portal.services.usage import sql as usage_sql
 
 #: Keys are kept at least this long (the purge job deletes them afterwards).
 RETENTION = timedelta(hours=48)

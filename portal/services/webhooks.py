@@ -30,7 +30,8 @@ from portal.models import (
     WebhookEvent,
 )
 from portal.payments.errors import PaymentError
-from portal.services import payment_methods, payments, purchases, retries, wallet
+from portal.services import payments, purchases, retries, wallet
+from portal.services.payments import cards as payment_methods
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from portal.models import (
     RefundStatus, RetryStrategy, User, Wallet, WalletEntry, WebhookEvent,
 )
 from portal.payments import gateway
-from portal.services import payments, topups, wallet
+from portal.services import payments, wallet
+from portal.services.wallet import topups
 from portal.services import webhooks as webhook_service
 from tests.conftest import add_card, assert_money_consistent, both_databases, charge_at_stripe, open_topup
 

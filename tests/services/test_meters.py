@@ -10,8 +10,9 @@ from portal.billing.features import FeatureType
 from portal.billing.lifecycle import Transition
 from portal.extensions import db
 from portal.models import Plan
-from portal.services import meters, usage
-from portal.services.meters import Meter, time_until
+from portal.services import usage
+from portal.services.usage import meters
+from portal.services.usage.meters import Meter, time_until
 from portal.services.subscriptions import live_subscription, transition
 from tests.conftest import both_databases
 

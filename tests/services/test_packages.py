@@ -11,8 +11,10 @@ from portal.extensions import db
 from portal.models import (
     EntryKind, Invoice, InvoiceStatus, LineKind, Payment, PaymentStatus, Plan, PlanFeature, UsageCounter,
 )
-from portal.services import meters, packages, usage, wallet
-from portal.services.packages import Offer, PackageError
+from portal.services import usage, wallet
+from portal.services.usage import meters
+from portal.services.usage import packages
+from portal.services.usage.packages import Offer, PackageError
 from portal.services.subscriptions import live_subscription, transition
 from tests.conftest import add_card, both_databases
 

@@ -10,7 +10,9 @@ from portal.models import (
     EntryKind, Invoice, InvoiceStatus, Payment, PaymentStatus, Plan, SubscriptionEvent, User,
     WalletEntry,
 )
-from portal.services import plan_changes, purchases, topups, wallet
+from portal.services import purchases, wallet
+from portal.services.subscriptions import changes as plan_changes
+from portal.services.wallet import topups
 from portal.services.subscriptions import live_subscription
 from tests.conftest import add_card, both_databases
 

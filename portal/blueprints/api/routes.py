@@ -18,7 +18,8 @@ from portal.blueprints.api.schemas import (
 )
 from portal.extensions import db
 from portal.models import Plan, PlanFeature
-from portal.services import api_keys, idempotency, meters, usage
+from portal.services import api_keys, idempotency, usage
+from portal.services.usage import meters
 from portal.services.subscriptions import live_subscription
 
 #: Bodies are tiny; anything bigger is refused before it is read whole.

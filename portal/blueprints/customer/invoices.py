@@ -5,7 +5,7 @@ from flask import abort, render_template, request
 from flask_login import current_user, login_required
 
 from portal.blueprints.customer import bp
-from portal.services import catalog_views
+from portal.services.catalog import views as catalog_views
 
 
 def _owned(number: str):

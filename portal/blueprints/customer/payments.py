@@ -12,7 +12,8 @@ from portal.blueprints.customer.payment_methods import stripe_js_url
 from portal.extensions import db
 from portal.models import Invoice, Payment, PaymentPurpose
 from portal.payments.errors import PaymentError
-from portal.services import catalog_views, purchases
+from portal.services import purchases
+from portal.services.catalog import views as catalog_views
 from portal.services.purchases import Outcome, effects
 from portal.services.subscriptions import live_subscription
 

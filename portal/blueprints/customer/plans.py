@@ -10,8 +10,8 @@ from wtforms.widgets import NumberInput
 
 from portal.blueprints.customer import bp
 from portal.extensions import htmx
-from portal.services import catalog_views
-from portal.services.plan_changes import daily_rate
+from portal.services.catalog import views as catalog_views
+from portal.services.subscriptions.changes import daily_rate
 from portal.services.subscriptions import live_subscription
 
 #: The most units the calculator prices (a billion per period is beyond any plan here).

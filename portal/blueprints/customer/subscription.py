@@ -17,7 +17,9 @@ from portal.clock import now
 from portal.extensions import db
 from portal.models import Plan, User
 from portal.payments.errors import PaymentError
-from portal.services import catalog_views, payments, plan_changes, purchases
+from portal.services import payments, purchases
+from portal.services.catalog import views as catalog_views
+from portal.services.subscriptions import changes as plan_changes
 from portal.services.subscriptions import live_subscription
 
 #: How long a change preview may be confirmed: after that the amounts are shown again.

@@ -11,9 +11,11 @@ from wtforms.validators import UUID, InputRequired, Length, NumberRange, Optiona
 
 from portal.blueprints.customer import bp
 from portal.extensions import db
-from portal.services import meters, packages, wallet
-from portal.services.meters import MAX_DAYS, MIN_DAYS
-from portal.services.packages import MAX_PACKAGES, MIN_PACKAGES
+from portal.services import wallet
+from portal.services.usage import meters
+from portal.services.usage import packages
+from portal.services.usage.meters import MAX_DAYS, MIN_DAYS
+from portal.services.usage.packages import MAX_PACKAGES, MIN_PACKAGES
 
 _DAYS_MESSAGE = f"days must be a whole number from {MIN_DAYS} to {MAX_DAYS}"
 

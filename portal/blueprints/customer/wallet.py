@@ -17,7 +17,9 @@ from portal.blueprints.customer.payment_methods import stripe_js_url
 from portal.clock import now
 from portal.extensions import db, htmx
 from portal.models import EntryKind, PaymentStatus
-from portal.services import ledger, payments, purchases, topups
+from portal.services import payments, purchases
+from portal.services.wallet import ledger
+from portal.services.wallet import topups
 from portal.services.audit import audit
 
 KIND_LABELS = {

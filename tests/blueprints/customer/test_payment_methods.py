@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from portal.extensions import db
 from portal.models import PaymentMethod, User
 from portal.payments import gateway
-from portal.services import payment_methods
+from portal.services.payments import cards as payment_methods
 from tests.conftest import add_card, browser_login, csrf_from, fill_card, run_outbox_jobs
 
 DECLINED_AT_SETUP = "4000000000000002"

@@ -185,7 +185,7 @@ def test_the_page_and_the_webhook_settling_one_top_up_at_once_credit_it_once(app
 @both_databases
 def test_two_refund_events_of_one_top_up_at_once_take_its_money_back_once(app, alice, stripe_server):
     add_card(alice)
-    from portal.services import topups
+    from portal.services.wallet import topups
 
     payment = topups.buy(alice, 3000, "USD", "t", card_label="Visa •••• 4242").payment
     db.session.commit()

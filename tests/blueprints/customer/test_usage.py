@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from portal.billing.lifecycle import Transition
 from portal.extensions import db
 from portal.models import EntryKind, Feature, Invoice, InvoiceStatus, Plan, UsageEvent
-from portal.services import meters, usage, wallet
+from portal.services import usage, wallet
+from portal.services.usage import meters
 from portal.services.subscriptions import live_subscription, transition
 from tests.conftest import add_card, authenticate_3ds
 

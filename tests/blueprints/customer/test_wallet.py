@@ -13,7 +13,9 @@ import sqlalchemy as sa
 
 from portal.extensions import db
 from portal.models import EntryKind, Invoice, InvoiceStatus, Payment, PaymentPurpose, PaymentStatus, User, Wallet, WalletEntry
-from portal.services import ledger, topups, wallet
+from portal.services import wallet
+from portal.services.wallet import ledger
+from portal.services.wallet import topups
 from tests.conftest import add_card, assert_money_consistent, authenticate_3ds, both_databases, csrf_from
 
 DECLINING = "4000000000000341"

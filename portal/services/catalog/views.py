@@ -18,7 +18,7 @@ from portal.billing.features import FeatureType
 from portal.billing.pricing import PricingModel
 from portal.extensions import db
 from portal.models import Invoice, InvoiceStatus, Payment, PaymentMethod, Plan, PlanFeature, Subscription, UsageCounter
-from portal.services.plan_changes import daily_rate
+from portal.services.subscriptions.changes import daily_rate
 from portal.services.subscriptions import default_plan
 from portal.services.usage import pricing_for
 

@@ -24,7 +24,7 @@ from portal.billing.pricing import PricingModel
 from portal.clock import now
 from portal.extensions import db
 from portal.models import Feature, Plan, PlanFeature, PricingTier, Subscription, UsageCounter, UsageDaily
-from portal.services import packages
+from portal.services.usage import packages
 from portal.services.subscriptions import default_plan, live_subscription
 from portal.services.usage import Entitlement, pricing_for
 

@@ -25,7 +25,7 @@ from portal.billing.pricing import Pricing, PricingModel, Tier, build_pricing
 from portal.clock import now
 from portal.extensions import db
 from portal.models import Feature, Plan, PlanFeature, Subscription, UsageCounter
-from portal.services import usage_sql
+from portal.services.usage import sql as usage_sql
 from portal.services.subscriptions import NoDefaultPlan
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import Flask, current_app
+from flask import Flask
 from flask_login import current_user
 
-from portal.billing.money import format_money
+from portal import display
 
 
 #: The navigation, in order; an entry shows once its page exists.
@@ -24,10 +24,8 @@ STAFF_NAV = [("staff.index", "Overview")]
 
 
 def money(minor: int | None, currency: str = "USD") -> str:
-    """Format minor units for display ("$1,234.56")."""
-    if minor is None:
-        return "—"
-    return format_money(minor, currency, current_app.config["DEFAULT_LOCALE"])
+    """Format minor units for display ("$1,234.56"; "—" for none)."""
+    return "—" if minor is None else display.money(minor, currency)
 
 
 def when(value: datetime | None, fmt: str = "%d %b %Y, %H:%M UTC") -> str:

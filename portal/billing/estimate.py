@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from portal.billing.pricing import BreakdownLine, Pricing
+from portal.display import units
 
 __all__ = ["Allowance", "EstimateLine", "PlanEstimate", "PlanTerms", "estimate_plan", "price_use"]
 
@@ -73,10 +74,6 @@ class PlanEstimate:
         return not self.problems
 
 
-def _units(n: int, unit: str) -> str:
-    return f"{n:,} {unit}" if n == 1 or not unit or unit.endswith("s") or unit.isupper() else f"{n:,} {unit}s"
-
-
 def price_use(allowance: Allowance, quantity: int, currency: str) -> EstimateLine | None:
     """The priced line for `quantity` units of one feature, or None when nothing is priced."""
     if allowance.pricing is None or not allowance.enabled:
@@ -85,12 +82,12 @@ def price_use(allowance: Allowance, quantity: int, currency: str) -> EstimateLin
     billable = max(0, quantity - included)
     result = allowance.pricing.price(billable)
     if allowance.kind == "usage":
-        label = f"{allowance.name}: {_units(quantity, allowance.unit)}"
+        label = f"{allowance.name}: {units(quantity, allowance.unit)}"
     elif billable:
         what = "top-up packages" if allowance.kind == "package" else "overage"
-        label = f"{allowance.name}: {_units(billable, allowance.unit)} beyond the {included:,} included ({what})"
+        label = f"{allowance.name}: {units(billable, allowance.unit)} beyond the {included:,} included ({what})"
     else:
-        label = f"{allowance.name}: {_units(quantity, allowance.unit)}, within the {included:,} included"
+        label = f"{allowance.name}: {units(quantity, allowance.unit)}, within the {included:,} included"
     return EstimateLine(label, result.amount_minor(currency), result.lines)
 
 

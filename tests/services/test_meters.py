@@ -12,7 +12,7 @@ from portal.extensions import db
 from portal.models import Plan
 from portal.services import usage
 from portal.services.usage import meters
-from portal.services.usage.meters import Meter, time_until
+from portal.services.usage.meters import Meter
 from portal.services.subscriptions import live_subscription, transition
 from tests.conftest import both_databases
 
@@ -80,12 +80,6 @@ def test_prepaid_units_raise_the_allowance():
     assert (meter.allowance, meter.remaining, meter.level, meter.overage) == (1500, 300, "warning", 0)
 
 
-@pytest.mark.parametrize("seconds, text", [
-    (0, "0 s"), (1, "1 s"), (59, "59 s"), (60, "1 min"), (61, "2 min"), (240, "4 min"), (3599, "1 h"),
-    (3600, "1 h"), (3660, "1 h 1 min"), (15 * 3600, "15 h"), (86400, "24 h"), (86401, "1 d"), (90000, "1 d 1 h"),
-])
-def test_time_until(seconds, text):
-    assert time_until(timedelta(seconds=seconds)) == text
 
 
 @both_databases

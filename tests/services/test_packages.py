@@ -79,10 +79,6 @@ def test_only_quota_features_priced_in_packages_are_offered(catalog):
     assert packages.offer_for(_plan_feature("free", "quiz"), "USD") is None
 
 
-def test_plural():
-    assert [packages.plural(u) for u in ("token", "SMS", "seats", "")] == ["tokens", "SMS", "seats", "units"]
-
-
 # Buying ---------------------------------------------------------------------------------------------
 
 

@@ -5,14 +5,14 @@ from flask import abort, render_template, request
 from flask_login import current_user, login_required
 
 from portal.blueprints.customer import bp
-from portal.services.catalog import views as catalog_views
+from portal.services.invoices import views as invoice_views
 
 
 def _owned(number: str):
-    invoice = catalog_views.owned_invoice(current_user.id, number)
+    invoice = invoice_views.owned_invoice(current_user.id, number)
     if invoice is None:
         abort(404)
-    return catalog_views.invoice_view(invoice)
+    return invoice_views.invoice_view(invoice)
 
 
 @bp.get("/invoices")
@@ -22,7 +22,7 @@ def invoices():
     before = request.args.get("before", type=int)
     if before is not None and before < 1:
         before = None
-    page = catalog_views.invoice_page(current_user.id, before)
+    page = invoice_views.invoice_page(current_user.id, before)
     return render_template("customer/invoices.html", page=page, before=before)
 
 

@@ -13,7 +13,8 @@ from portal.extensions import db
 from portal.models import Invoice, Payment, PaymentPurpose
 from portal.payments.errors import PaymentError
 from portal.services import purchases
-from portal.services.catalog import views as catalog_views
+from portal.services.invoices import views as invoice_views
+from portal.services import payments
 from portal.services.purchases import Outcome, effects
 from portal.services.subscriptions import live_subscription
 
@@ -32,7 +33,7 @@ def _what(payment: Payment) -> str:
 
 
 def _owned_card_payment(payment_id: int) -> Payment:
-    payment = catalog_views.owned_payment(current_user.id, payment_id)
+    payment = payments.owned(current_user.id, payment_id)
     if payment is None or payment.provider != "stripe":
         abort(404)
     return payment
@@ -141,7 +142,7 @@ def confirm_payment(payment_id: int):
 @login_required
 def cancel_purchase(number: str):
     """Give up an open purchase (an upgrade left at the bank's check): cancelled at Stripe, released here."""
-    invoice = catalog_views.owned_invoice(current_user.id, number)
+    invoice = invoice_views.owned_invoice(current_user.id, number)
     if invoice is None:
         abort(404)
     if not PaymentForm().validate_on_submit():

@@ -11,6 +11,7 @@ from wtforms.widgets import NumberInput
 from portal.blueprints.customer import bp
 from portal.extensions import htmx
 from portal.services.catalog import views as catalog_views
+from portal import display
 from portal.services.subscriptions.changes import daily_rate
 from portal.services.subscriptions import live_subscription
 
@@ -60,7 +61,7 @@ def _current() -> dict:
     """The viewer's subscription and its plan's daily rate (to label other plans up or down)."""
     subscription = live_subscription(current_user.id) if current_user.is_authenticated else None
     rate = daily_rate(subscription.plan) if subscription else None
-    return {"subscription": subscription, "current_rate": rate, "unit_money": catalog_views.unit_money}
+    return {"subscription": subscription, "current_rate": rate, "unit_money": display.unit_money}
 
 
 @bp.get("/plans")

@@ -19,6 +19,7 @@ from portal.models import Plan, User
 from portal.payments.errors import PaymentError
 from portal.services import payments, purchases
 from portal.services.catalog import views as catalog_views
+from portal.services.subscriptions import views as subscription_views
 from portal.services.subscriptions import changes as plan_changes
 from portal.services.subscriptions import live_subscription
 
@@ -119,10 +120,10 @@ def _overview(cancel_form: CancelForm, status: int = 200):
     sub = live_subscription(current_user.id)
     context = {"subscription": sub, "next_invoice": None, "open_invoices": [], "pending": None}
     if sub is not None:
-        context["next_invoice"] = catalog_views.next_invoice(sub)
-        context["pending"] = catalog_views.pending_upgrade(sub)
+        context["next_invoice"] = subscription_views.next_invoice(sub)
+        context["pending"] = subscription_views.pending_upgrade(sub)
         if sub.status is SubscriptionStatus.PAST_DUE:
-            context["open_invoices"] = catalog_views.open_renewal_invoices(current_user.id, sub.id)
+            context["open_invoices"] = subscription_views.open_renewal_invoices(current_user.id, sub.id)
     return render_template(
         "customer/subscription.html", section="overview", cancel_form=cancel_form, undo_form=UndoForm(),
         payment_form=PaymentForm(),

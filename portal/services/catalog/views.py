@@ -1,66 +1,21 @@
-"""Read-side queries and view models for the plans, subscription and invoices pages. Writes nothing."""
+"""The plans page's read side: public plans as cards in words, and the price calculator. Writes nothing."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
 
 import sqlalchemy as sa
-from babel.numbers import format_currency
-from flask import current_app
 from sqlalchemy.orm import selectinload
 
-from portal.billing.estimate import Allowance, EstimateLine, PlanEstimate, PlanTerms, estimate_plan, price_use
+from portal import display
+from portal.billing.estimate import Allowance, PlanEstimate, PlanTerms, estimate_plan
 from portal.billing.features import FeatureType
-from portal.billing.pricing import PricingModel
+from portal.billing.pricing import PricingModel, bands
 from portal.extensions import db
-from portal.models import Invoice, InvoiceStatus, Payment, PaymentMethod, Plan, PlanFeature, Subscription, UsageCounter
+from portal.models import Plan, PlanFeature
 from portal.services.subscriptions.changes import daily_rate
-from portal.services.subscriptions import default_plan
 from portal.services.usage import pricing_for
-
-#: Invoices per page of the list.
-PAGE_SIZE = 20
-
-# --- formatting ------------------------------------------------------------------------------
-
-
-def _locale() -> str:
-    return current_app.config.get("DEFAULT_LOCALE", "en_US")
-
-
-def unit_money(value: Decimal | int, currency: str) -> str:
-    """A price in major units with all its digits ("$0.0005", "$20.00")."""
-    return format_currency(Decimal(value), currency, locale=_locale(), decimal_quantization=False)
-
-
-def plural(unit: str, n: int = 2) -> str:
-    if n == 1 or not unit or unit.endswith("s") or unit.isupper():
-        return unit
-    return unit + "s"
-
-
-def interval_phrase(plan: Plan) -> str:
-    """One billing period in words: "month", "30 days", "2 weeks"."""
-    unit = plan.interval_unit.value
-    return unit if plan.interval_count == 1 else f"{plan.interval_count} {unit}s"
-
-
-def price_label(plan: Plan) -> str:
-    """ "$9.99 / month", "$15.00 / 30 days"."""
-    return f"{_money(plan.price_amount, plan.currency)} / {interval_phrase(plan)}"
-
-
-def _money(minor: int, currency: str) -> str:
-    from portal.billing.money import format_money
-
-    return format_money(minor, currency, _locale())
-
-
-# --- plans -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -120,16 +75,11 @@ def public_plan(code: str) -> Plan | None:
 
 
 def _tiers(pf: PlanFeature, currency: str) -> tuple[TierRow, ...]:
-    if not pf.tiers:
-        return ()
-    zero_based = pf.tiers[0].first_unit == 0
     rows = []
-    for tier in pf.tiers:
-        first = tier.first_unit + 1 if zero_based else tier.first_unit
-        units = f"{first:,} and up" if tier.last_unit is None else f"{first:,}–{tier.last_unit:,}"
-        price = "Free" if tier.unit_price == 0 else f"{unit_money(tier.unit_price, currency)} each"
-        fee = unit_money(tier.flat_fee, currency) if tier.flat_fee else None
-        rows.append(TierRow(units, price, fee))
+    for band in bands(pf.tiers) if pf.tiers else ():
+        price = "Free" if band.unit_price == 0 else f"{display.unit_money(band.unit_price, currency)} each"
+        fee = display.unit_money(band.flat_fee, currency) if band.flat_fee else None
+        rows.append(TierRow(display.tier_span(band), price, fee))
     return tuple(rows)
 
 
@@ -138,9 +88,9 @@ def pricing_phrase(pf: PlanFeature, currency: str) -> str:
     unit = pf.feature.unit_name or "unit"
     free = f" after {pf.free_units:,} free" if pf.free_units else ""
     if pf.pricing_model is PricingModel.FLAT:
-        return f"{unit_money(pf.unit_price, currency)} per {unit}{free}"
+        return f"{display.unit_money(pf.unit_price, currency)} per {unit}{free}"
     if pf.pricing_model is PricingModel.PACKAGE:
-        return f"{pf.package_size:,} {plural(unit, pf.package_size)} for {unit_money(pf.package_price, currency)}{free}"
+        return f"{display.units(pf.package_size, unit)} for {display.unit_money(pf.package_price, currency)}{free}"
     if pf.pricing_model is PricingModel.TIERED:
         return "Graduated: each tier's units at its price"
     if pf.pricing_model is PricingModel.VOLUME:
@@ -166,7 +116,7 @@ def feature_term(pf: PlanFeature, plan: Plan) -> FeatureTerm:
     if feature.type is FeatureType.RATE:
         summary = "Unlimited" if pf.limit is None else f"{pf.limit:,} per {pf.window.value}"
         return FeatureTerm(feature.code, feature.name, kind, summary)
-    summary = "Unlimited" if pf.limit is None else f"{pf.limit:,} per {interval_phrase(plan)}"
+    summary = "Unlimited" if pf.limit is None else f"{pf.limit:,} per {display.interval(plan.interval_unit.value, plan.interval_count)}"
     note = ""
     if pf.pricing_model is not None and pf.limit is not None:
         price = pricing_phrase(pf, currency)
@@ -191,7 +141,7 @@ def plan_terms(plan: Plan) -> PlanTerms:
         else:
             kind, included, pricing = "usage", pf.limit, None
         allowances.append(Allowance(feature.code, feature.name, feature.unit_name, pf.enabled, included, pricing, kind))
-    return PlanTerms(plan.code, plan.name, plan.price_amount, plan.currency, interval_phrase(plan), tuple(allowances))
+    return PlanTerms(plan.code, plan.name, plan.price_amount, plan.currency, display.interval(plan.interval_unit.value, plan.interval_count), tuple(allowances))
 
 
 def plan_cards(plans: Iterable[Plan]) -> list[PlanCard]:
@@ -199,7 +149,7 @@ def plan_cards(plans: Iterable[Plan]) -> list[PlanCard]:
     for plan in plans:
         trial = f"{plan.trial_days}-day free trial" if plan.trial_days else None
         features = tuple(feature_term(pf, plan) for pf in plan.features)
-        cards.append(PlanCard(plan, price_label(plan), interval_phrase(plan), trial, features, plan_terms(plan),
+        cards.append(PlanCard(plan, display.price_per_period(plan.price_amount, plan.currency, plan.interval_unit.value, plan.interval_count), display.interval(plan.interval_unit.value, plan.interval_count), trial, features, plan_terms(plan),
                               daily_rate(plan)))
     return cards
 
@@ -219,7 +169,7 @@ def calculator_inputs(cards: Iterable[PlanCard]) -> list[CalculatorInput]:
     for card in cards:
         for allowance in card.terms.allowances:
             if allowance.enabled and allowance.pricing is not None and allowance.code not in seen:
-                seen[allowance.code] = CalculatorInput(allowance.code, allowance.name, plural(allowance.unit))
+                seen[allowance.code] = CalculatorInput(allowance.code, allowance.name, display.plural(allowance.unit))
     return list(seen.values())
 
 
@@ -229,171 +179,3 @@ def estimates(cards: Iterable[PlanCard], usage: Mapping[str, int]) -> list[PlanE
     return [estimate_plan(card.terms, usage, names) for card in cards]
 
 
-# --- subscription ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NextInvoice:
-    """What the next renewal would bill if the period ended now."""
-
-    date: datetime
-    plan: Plan
-    plan_amount: int
-    usage_lines: tuple[EstimateLine, ...]
-    currency: str
-
-    @property
-    def total(self) -> int:
-        return self.plan_amount + sum(line.amount for line in self.usage_lines)
-
-
-def next_plan(sub: Subscription) -> Plan:
-    """The plan the next period will be on (a scheduled downgrade, Free after a cancellation)."""
-    if sub.cancel_at_period_end:
-        return default_plan()
-    return sub.scheduled_plan or sub.plan
-
-
-def next_invoice(sub: Subscription) -> NextInvoice:
-    """The next period's plan fee plus this period's billable use so far (from the counters)."""
-    plan = sub.plan
-    terms = plan_terms(plan)
-    billed = {a.code: a for a in terms.allowances if a.pricing is not None and a.kind in ("usage", "overage")}
-    lines: list[EstimateLine] = []
-    if billed:
-        feature_ids = {pf.feature.code: pf.feature_id for pf in plan.features}
-        counters = {
-            c.feature_id: c for c in db.session.scalars(sa.select(UsageCounter).where(
-                UsageCounter.user_id == sub.user_id,
-                UsageCounter.feature_id.in_([feature_ids[code] for code in billed]),
-                UsageCounter.window_start == sub.current_period_start,
-            ))
-        }
-        for code, allowance in billed.items():
-            counter = counters.get(feature_ids[code])
-            # Prepaid units (bonus) raise a quota before overage starts.
-            used = 0 if counter is None else max(counter.used - counter.bonus, 0)
-            line = price_use(allowance, used, plan.currency)
-            if line is not None and (used or line.amount):
-                lines.append(line)
-    upcoming = next_plan(sub)
-    return NextInvoice(sub.current_period_end, upcoming, upcoming.price_amount, tuple(lines), plan.currency)
-
-
-def open_renewal_invoices(user_id: int, subscription_id: int) -> list[Invoice]:
-    """The subscription's unpaid renewal invoices, newest first (what makes it past due)."""
-    return list(db.session.scalars(
-        sa.select(Invoice).where(Invoice.user_id == user_id, Invoice.subscription_id == subscription_id,
-                                 Invoice.status == InvoiceStatus.OPEN, Invoice.reason == "renewal")
-        .order_by(Invoice.id.desc())
-    ))
-
-
-# --- invoices --------------------------------------------------------------------------------
-
-_VISIBLE = (InvoiceStatus.OPEN, InvoiceStatus.PAID, InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE)
-
-
-@dataclass(frozen=True)
-class InvoicePage:
-    invoices: list[Invoice]
-    #: `before` for the next (older) page, or None on the last page.
-    next_before: int | None
-
-
-def invoice_page(user_id: int, before: int | None = None, size: int = PAGE_SIZE) -> InvoicePage:
-    """The customer's invoices, newest first, `size` at a time, keyset-paginated on id."""
-    query = sa.select(Invoice).where(Invoice.user_id == user_id, Invoice.status.in_(_VISIBLE))
-    if before is not None:
-        query = query.where(Invoice.id < before)
-    rows = list(db.session.scalars(query.order_by(Invoice.id.desc()).limit(size + 1)))
-    more = len(rows) > size
-    rows = rows[:size]
-    return InvoicePage(rows, rows[-1].id if more else None)
-
-
-def owned_invoice(user_id: int, number: str) -> Invoice | None:
-    """The customer's own invoice by number; another customer's number looks missing."""
-    return db.session.scalar(
-        sa.select(Invoice).where(Invoice.number == number, Invoice.user_id == user_id, Invoice.status.in_(_VISIBLE))
-        .options(selectinload(Invoice.lines))
-    )
-
-
-def invoice_payments(invoice: Invoice) -> list[Payment]:
-    """Payments made toward an invoice (wallet and card), oldest first."""
-    return list(db.session.scalars(
-        sa.select(Payment).where(Payment.invoice_id == invoice.id, Payment.user_id == invoice.user_id)
-        .order_by(Payment.id)
-    ))
-
-
-@dataclass(frozen=True)
-class PendingUpgrade:
-    """An upgrade still open (waiting for the bank, or for an answer from Stripe)."""
-
-    invoice: Invoice
-    plan: Plan | None
-    payment: Payment | None
-
-
-def pending_upgrade(sub: Subscription) -> PendingUpgrade | None:
-    invoice = db.session.scalar(
-        sa.select(Invoice).where(Invoice.subscription_id == sub.id, Invoice.reason == "upgrade",
-                                 Invoice.status == InvoiceStatus.OPEN).limit(1)
-    )
-    if invoice is None:
-        return None
-    plan_id = (invoice.purchase or {}).get("plan_id")
-    payment = db.session.scalar(
-        sa.select(Payment).where(Payment.invoice_id == invoice.id, Payment.provider == "stripe")
-        .order_by(Payment.id.desc()).limit(1)
-    )
-    return PendingUpgrade(invoice, db.session.get(Plan, plan_id) if plan_id else None, payment)
-
-
-def owned_payment(user_id: int, payment_id: int) -> Payment | None:
-    return db.session.scalar(sa.select(Payment).where(Payment.id == payment_id, Payment.user_id == user_id))
-
-
-@dataclass(frozen=True)
-class BreakdownRow:
-    description: str
-    amount: str | None
-
-
-def breakdown_rows(items: Iterable[Mapping[str, Any]] | None, currency: str) -> list[BreakdownRow]:
-    """An invoice line's stored pricing breakdown, ready to show (amounts are exact major units)."""
-    rows = []
-    for item in items or []:
-        if not isinstance(item, Mapping):
-            continue
-        amount = item.get("amount")
-        shown = None
-        if amount is not None:
-            try:
-                shown = unit_money(Decimal(str(amount)), currency)
-            except ArithmeticError:  # decimal.InvalidOperation: show the description only
-                shown = None
-        rows.append(BreakdownRow(str(item.get("description", "")), shown))
-    return rows
-
-
-@dataclass
-class InvoiceView:
-    invoice: Invoice
-    lines: list[tuple[Any, list[BreakdownRow]]] = field(default_factory=list)
-    payments: list[Payment] = field(default_factory=list)
-    #: The saved cards the payments used, by our id (a removed card is simply missing).
-    cards: dict[int, PaymentMethod] = field(default_factory=dict)
-
-
-def invoice_view(invoice: Invoice) -> InvoiceView:
-    lines = [(line, breakdown_rows(line.breakdown, invoice.currency)) for line in invoice.lines]
-    paid = invoice_payments(invoice)
-    ids = {p.payment_method_id for p in paid if p.payment_method_id is not None}
-    cards = {}
-    if ids:
-        cards = {m.id: m for m in db.session.scalars(
-            sa.select(PaymentMethod).where(PaymentMethod.id.in_(ids), PaymentMethod.user_id == invoice.user_id))}
-    return InvoiceView(invoice, lines, paid, cards)

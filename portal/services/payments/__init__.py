@@ -72,6 +72,11 @@ def default_method(user_id: int) -> PaymentMethod | None:
     )
 
 
+def owned(user_id: int, payment_id: int) -> Payment | None:
+    """The customer's own payment, or None (another customer's id looks missing)."""
+    return db.session.scalar(sa.select(Payment).where(Payment.id == payment_id, Payment.user_id == user_id))
+
+
 def open_card_payment(invoice_id: int) -> Payment | None:
     """The card attempt in flight for an invoice (at most one: a partial unique index)."""
     return db.session.scalar(

@@ -7,20 +7,17 @@ one row per feature and day.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from decimal import Decimal
 
 import sqlalchemy as sa
-from babel.numbers import format_currency
-from flask import current_app
 from sqlalchemy.orm import contains_eager
 
 from portal.billing.features import FeatureType, RateWindow
 from portal.billing.money import to_minor
 from portal.billing.periods import Period
-from portal.billing.pricing import PricingModel
+from portal.billing.pricing import PricingModel, bands
+from portal import display
 from portal.clock import now
 from portal.extensions import db
 from portal.models import Feature, Plan, PlanFeature, PricingTier, Subscription, UsageCounter, UsageDaily
@@ -75,11 +72,11 @@ class Meter:
     @property
     def units(self) -> str:
         """The unit name for counts other than one ("tokens", "SMS")."""
-        return packages.plural(self.unit_name)
+        return display.plural(self.unit_name)
 
     def units_for(self, count: int | None) -> str:
         """The unit name that goes with `count` ("1 use", "3 uses")."""
-        return (self.unit_name or "unit") if count == 1 else self.units
+        return display.plural(self.unit_name, 2 if count is None else count)
 
     @property
     def window_phrase(self) -> str:
@@ -223,7 +220,7 @@ def _meter(pf: PlanFeature, plan: Plan, window: Period | None, counter: UsageCou
         return Meter(**base)
     base.update(used=used, resets_at=window.end if window else None, price_sheet=tuple(price_sheet(pf, plan.currency)))
     if feature.type is FeatureType.RATE:
-        return Meter(**base, limit=pf.limit, window=pf.window, resets_in=time_until(window.end - at))
+        return Meter(**base, limit=pf.limit, window=pf.window, resets_in=display.time_until(window.end - at))
     if feature.type is FeatureType.USAGE:
         result = _price(pf, used)
         return Meter(**base, cost=_cost(result, plan.currency), breakdown=_lines(result, plan.currency))
@@ -253,17 +250,17 @@ def _lines(result, currency: str) -> tuple[PriceLine, ...]:
 def price_sheet(pf: PlanFeature, currency: str) -> list[str]:
     """How the plan prices a feature, in words, for the meter card."""
     unit = pf.feature.unit_name or "unit"
-    many = packages.plural(unit)
+    many = display.plural(unit)
     model = pf.pricing_model
     if model is None:
         return []
     if model is PricingModel.FLAT:
         beyond = f" beyond {pf.free_units:,} free" if pf.free_units else ""
         if pf.feature.type is FeatureType.QUOTA:
-            return [f"Beyond your allowance: {unit_price(pf.unit_price, currency)} per {unit}"]
-        return [f"{unit_price(pf.unit_price, currency)} per {unit}{beyond}"]
+            return [f"Beyond your allowance: {display.unit_money(pf.unit_price, currency)} per {unit}"]
+        return [f"{display.unit_money(pf.unit_price, currency)} per {unit}{beyond}"]
     if model is PricingModel.PACKAGE:
-        price = unit_price(pf.package_price, currency)
+        price = display.unit_money(pf.package_price, currency)
         if pf.feature.type is FeatureType.QUOTA:
             return [f"Top up any time: {pf.package_size:,} {many} for {price}, added to this period's allowance"]
         free = f" after {pf.free_units:,} free" if pf.free_units else ""
@@ -272,36 +269,14 @@ def price_sheet(pf: PlanFeature, currency: str) -> list[str]:
             "A started package counts as a whole one, so nothing needs buying in advance.",
         ]
     sheet = []
-    for tier in pf.tiers:
-        span = f"{tier.first_unit:,}+" if tier.last_unit is None else f"{tier.first_unit:,}–{tier.last_unit:,}"
-        fee = f" + {unit_price(tier.flat_fee, currency)} flat" if tier.flat_fee else ""
-        sheet.append(f"{span} {many}: {unit_price(tier.unit_price, currency)} per {unit}{fee}")
+    for band in bands(pf.tiers):
+        fee = f" + {display.unit_money(band.flat_fee, currency)} flat" if band.flat_fee else ""
+        sheet.append(f"{display.tier_span(band)} {many}: {display.unit_money(band.unit_price, currency)} per {unit}{fee}")
     if model is PricingModel.VOLUME:
         sheet.append(f"Every {unit} is priced at the tier your total reaches.")
     else:
         sheet.append("Each tier's units at that tier's price.")
     return sheet
-
-
-def unit_price(value: Decimal, currency: str) -> str:
-    """A price that may be finer than a cent ("$0.0005"), at least two decimals."""
-    locale = current_app.config.get("DEFAULT_LOCALE", "en_US")
-    return format_currency(value, currency, locale=locale, decimal_quantization=False)
-
-
-def time_until(delta: timedelta) -> str:
-    """A short, rounded-up duration for "resets in …": "45 s", "4 min", "15 h", "2 h 5 min", "3 d"."""
-    seconds = max(0, math.ceil(delta.total_seconds()))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = math.ceil(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24 or (hours, minutes) == (24, 0):  # a full day window reads "24 h"
-        return f"{hours} h" + (f" {minutes} min" if minutes else "")
-    days, hours = divmod(hours, 24)
-    return f"{days} d" + (f" {hours} h" if hours else "")
 
 
 # History ---------------------------------------------------------------------------------------
@@ -325,7 +300,7 @@ class History:
 
     @property
     def units(self) -> str:
-        return packages.plural(self.unit_name)
+        return display.plural(self.unit_name)
 
     @property
     def total(self) -> int:

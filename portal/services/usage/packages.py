@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import ClassVar
 
+from portal import display
 from portal.billing.features import FeatureType
 from portal.billing.pricing import PricingModel, build_pricing
 from portal.clock import now
@@ -40,7 +41,7 @@ class Offer:
 
     @property
     def units_label(self) -> str:
-        return units_label(self.package_size, self.unit_name)
+        return display.units(self.package_size, self.unit_name)
 
 
 @dataclass(frozen=True)
@@ -53,16 +54,6 @@ class Quote:
     amount: int  #: minor units
     description: str  #: "2 × 500 tokens"
     breakdown: tuple[dict, ...]
-
-
-def plural(unit: str) -> str:
-    """"token" → "tokens"; abbreviations and words already plural stay as they are ("SMS")."""
-    unit = unit or "unit"
-    return unit if unit.isupper() or unit.endswith("s") else unit + "s"
-
-
-def units_label(count: int, unit: str) -> str:
-    return f"{count:,} {(unit or 'unit') if count == 1 else plural(unit)}"
 
 
 def offer_for(plan_feature: PlanFeature | None, currency: str) -> Offer | None:
@@ -102,7 +93,7 @@ def quote(offer: Offer, packages: int) -> Quote:
          "amount": str(line.amount)}
         for line in result.lines
     )
-    description = f"{packages:,} × {units_label(offer.package_size, offer.unit_name)}"
+    description = f"{packages:,} × {display.units(offer.package_size, offer.unit_name)}"
     return Quote(offer, packages, units, result.amount_minor(offer.currency), description, breakdown)
 
 

@@ -12,9 +12,30 @@ from sqlalchemy.orm.attributes import set_committed_value
 from portal.clock import now
 from portal.extensions import db
 from portal.models import ApiKey, User
+from portal.services.statements import connection, param
 from portal.services.usage import sql as usage_sql
 
 PREFIX = "sp_live_"
+
+_keys = ApiKey.__table__
+_users = User.__table__
+
+#: The active key (not revoked, owner's account active) for a key hash: (id, user_id, last_used_at).
+API_KEY_BY_HASH = (
+    sa.select(_keys.c.id, _keys.c.user_id, _keys.c.last_used_at)
+    .select_from(_keys.join(_users, _users.c.id == _keys.c.user_id))
+    .where(
+        _keys.c.key_hash == param("p_hash", _keys.c.key_hash),
+        _keys.c.revoked_at.is_(None),
+        _users.c.is_active_account.is_(True),
+    )
+)
+
+TOUCH_API_KEY = (
+    sa.update(_keys)
+    .where(_keys.c.id == param("p_key", _keys.c.id))
+    .values(last_used_at=param("p_at", _keys.c.last_used_at))
+)
 
 
 class ApiKeyError(ValueError):
@@ -68,7 +89,7 @@ def authenticate(raw: str) -> tuple[AuthenticatedKey, ApiUser] | None:
     """
     if not _well_formed(raw):
         return None
-    row = usage_sql.connection().execute(usage_sql.API_KEY_BY_HASH, {"p_hash": _digest(raw)}).first()
+    row = connection().execute(API_KEY_BY_HASH, {"p_hash": _digest(raw)}).first()
     if row is None:
         return None
     return AuthenticatedKey(row.id, row.user_id, row.last_used_at), ApiUser(row.user_id)
@@ -80,11 +101,11 @@ def authenticate_with_entitlement(
     """`authenticate` and the entitlement to `feature_code` in one round trip (the usage API's hot path).
 
     Returns the key, its user and the row of usage_sql.KEY_AND_ENTITLEMENT for
-    usage.entitlement_from_row, or None like `authenticate`. `autocommit`: see usage_sql.connection.
+    usage.entitlement_from_row, or None like `authenticate`. `autocommit`: see statements.connection.
     """
     if not _well_formed(raw):
         return None
-    row = usage_sql.connection(autocommit=autocommit).execute(
+    row = connection(autocommit=autocommit).execute(
         usage_sql.KEY_AND_ENTITLEMENT, {"p_hash": _digest(raw), "p_code": feature_code}
     ).first()
     if row is None:
@@ -96,7 +117,7 @@ def touch(key: ApiKey | AuthenticatedKey) -> None:
     """Note the key's use, at most once a minute (a write per API call would be a hot row)."""
     at = now()
     if key.last_used_at is None or (at - key.last_used_at).total_seconds() >= 60:
-        usage_sql.connection().execute(usage_sql.TOUCH_API_KEY, {"p_key": key.id, "p_at": at})
+        connection().execute(TOUCH_API_KEY, {"p_key": key.id, "p_at": at})
         if isinstance(key, ApiKey):  # keep a loaded ORM row in step, as an ORM update would
             set_committed_value(key, "last_used_at", at)
 

@@ -6,7 +6,7 @@ commits, then finds the stored answer (or, if the first rolled back, inserts and
 itself). So one key does the work once. No savepoint is needed: the insert cannot fail on the
 key, and the claim is one round trip when the key is new (the usual case).
 
-These run on every keyed API call, so they are prebuilt Core statements (see services.usage_sql).
+These run on every keyed API call, so they are prebuilt Core statements (see services.statements).
 """
 from __future__ import annotations
 
@@ -20,21 +20,21 @@ import sqlalchemy as sa
 
 from portal.clock import now
 from portal.models import IdempotencyRecord
-from portal.services.usage import sql as usage_sql
+from portal.services.statements import connection, dialect_insert, param
 
 #: Keys are kept at least this long (the purge job deletes them afterwards).
 RETENTION = timedelta(hours=48)
 _IN_PROGRESS = 0
 
 _records = IdempotencyRecord.__table__
-_ID = usage_sql.param("p_id", _records.c.id)
+_ID = param("p_id", _records.c.id)
 _FIND = sa.select(_records.c.request_hash, _records.c.response_status, _records.c.response_body).where(
-    _records.c.user_id == usage_sql.param("p_user", _records.c.user_id),
-    _records.c.key == usage_sql.param("p_key", _records.c.key),
+    _records.c.user_id == param("p_user", _records.c.user_id),
+    _records.c.key == param("p_key", _records.c.key),
 )
 _STORE = sa.update(_records).where(_records.c.id == _ID).values(
-    response_status=usage_sql.param("p_status", _records.c.response_status),
-    response_body=usage_sql.param("p_body", _records.c.response_body),
+    response_status=param("p_status", _records.c.response_status),
+    response_body=param("p_body", _records.c.response_body),
 )
 _RELEASE = sa.delete(_records).where(_records.c.id == _ID)
 _insert_by_dialect: dict[str, sa.Insert] = {}
@@ -45,12 +45,12 @@ def _claim_statement(dialect: str) -> sa.Insert:
     stmt = _insert_by_dialect.get(dialect)
     if stmt is None:
         stmt = _insert_by_dialect[dialect] = (
-            usage_sql.dialect_insert(dialect)(_records)
+            dialect_insert(dialect)(_records)
             .values(
-                user_id=usage_sql.param("p_user", _records.c.user_id), key=usage_sql.param("p_key", _records.c.key),
-                request_hash=usage_sql.param("p_hash", _records.c.request_hash), response_status=_IN_PROGRESS,
-                response_body=b"", created_at=usage_sql.param("p_at", _records.c.created_at),
-                expires_at=usage_sql.param("p_expires", _records.c.expires_at),
+                user_id=param("p_user", _records.c.user_id), key=param("p_key", _records.c.key),
+                request_hash=param("p_hash", _records.c.request_hash), response_status=_IN_PROGRESS,
+                response_body=b"", created_at=param("p_at", _records.c.created_at),
+                expires_at=param("p_expires", _records.c.expires_at),
             )
             .on_conflict_do_nothing(index_elements=["user_id", "key"])
             .returning(_records.c.id)
@@ -86,7 +86,7 @@ def claim(user_id: int, key: str, fingerprint: str) -> StoredResponse | Claim:
 
     Raises KeyReused when the key belongs to a different request.
     """
-    conn = usage_sql.connection()
+    conn = connection()
     at = now()
     params = {"p_user": user_id, "p_key": key, "p_hash": fingerprint, "p_at": at, "p_expires": at + RETENTION}
     insert = _claim_statement(conn.dialect.name)
@@ -105,9 +105,9 @@ def claim(user_id: int, key: str, fingerprint: str) -> StoredResponse | Claim:
 
 def store(record: Claim, status: int, body: bytes) -> None:
     """Save the answer on the claimed record (committed with the work)."""
-    usage_sql.connection().execute(_STORE, {"p_id": record.id, "p_status": status, "p_body": body})
+    connection().execute(_STORE, {"p_id": record.id, "p_status": status, "p_body": body})
 
 
 def release(record: Claim) -> None:
     """Give the key up (the request ended in an answer that is not replayed, e.g. 429)."""
-    usage_sql.connection().execute(_RELEASE, {"p_id": record.id})
+    connection().execute(_RELEASE, {"p_id": record.id})

@@ -46,6 +46,11 @@ def _plan_feature(plan_code: str, feature_code: str) -> PlanFeature:
     return next(pf for pf in plan.features if pf.feature.code == feature_code)
 
 
+def _offer(plan_code: str, feature_code: str) -> packages.Offer | None:
+    pf = _plan_feature(plan_code, feature_code)
+    return packages.offer_for(pf.feature, pf, "USD")
+
+
 # Quotes and offers: no payment involved ---------------------------------------------------------
 
 
@@ -70,13 +75,13 @@ def test_quote_refuses_bad_counts(count):
 
 
 def test_only_quota_features_priced_in_packages_are_offered(catalog):
-    offer = packages.offer_for(_plan_feature("basic", "tokens"), "USD")
+    offer = _offer("basic", "tokens")
     assert offer == Offer("tokens", "AI tokens", "token", 500, Decimal("8"), 800, "USD")
-    assert packages.offer_for(_plan_feature("pro", "tokens"), "USD").price == 700
+    assert _offer("pro", "tokens").price == 700
     # SMS on Business is priced in packages but billed in arrears: nothing to prepay.
-    assert packages.offer_for(_plan_feature("business", "sms"), "USD") is None
-    assert packages.offer_for(_plan_feature("business", "tokens"), "USD") is None  # FLAT overage
-    assert packages.offer_for(_plan_feature("free", "quiz"), "USD") is None
+    assert _offer("business", "sms") is None
+    assert _offer("business", "tokens") is None  # FLAT overage
+    assert _offer("free", "quiz") is None
 
 
 # Buying ---------------------------------------------------------------------------------------------

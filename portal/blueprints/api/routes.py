@@ -108,7 +108,7 @@ def _require_key() -> None:
 def _authenticate_with_entitlement(feature_code: str, *, autocommit: bool) -> usage.Entitlement:
     """The key and the customer's entitlement to the feature, in one query; ApiError 401 or UsageError.
 
-    `autocommit`: the request's statements may each commit by themselves (usage_sql.connection).
+    `autocommit`: the request's statements may each commit by themselves (statements.connection).
     """
     found = api_keys.authenticate_with_entitlement(g.raw_api_key, feature_code, autocommit=autocommit)
     if found is None:
@@ -308,7 +308,7 @@ def history():
 def restrictions(feature: str):
     """Restriction info per feature."""
     try:
-        ent = usage.light_entitlement(g.api_user.id, feature)
+        ent = usage.entitlement(g.api_user.id, feature)
         result = usage.check(g.api_user.id, feature, 1)
     except usage.UsageError as exc:
         raise ApiError(404, "unknown_feature", exc.message, "feature") from None

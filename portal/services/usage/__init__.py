@@ -5,30 +5,36 @@ QUOTA and RATE records are accepted only by a conditional increment of the count
 counters, never the event log.
 
 `check` and `record` are the usage API's hot path, so they run prebuilt Core statements
-(services.usage_sql) on the session's connection and resolve the entitlement into small frozen
-values instead of ORM objects: statement building and ORM loading cost several times more
-Python than the database work. Nothing is cached between calls.
+(usage/sql.py) on the session's connection and resolve the entitlement into the small frozen
+values of portal.billing.entitlements, which also decides: statement building and ORM loading
+cost several times more Python than the database work. Nothing is cached between calls.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from decimal import Decimal
-from functools import cached_property
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from portal.billing.features import FeatureType, RateWindow
-from portal.billing.periods import IntervalUnit, Period, period_at, window_bounds
-from portal.billing.pricing import Pricing, PricingModel, Tier, build_pricing
+from portal.billing.entitlements import (
+    Entitlement, FeatureValues, PlanFeatureValues, PlanValues, SubscriptionValues, UsageResult, decide, plan_refusal,
+    pricing_of, unbounded,
+)
+from portal.billing.features import FeatureType
+from portal.billing.periods import Period
+from portal.billing.pricing import Pricing, PricingModel
 from portal.clock import now
 from portal.extensions import db
-from portal.models import Feature, Plan, PlanFeature, Subscription, UsageCounter
-from portal.services.usage import sql as usage_sql
+from portal.models import Feature, PlanFeature, UsageCounter
+from portal.services.statements import connection
 from portal.services.subscriptions import NoDefaultPlan
+from portal.services.usage import sql as usage_sql
 
-_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+__all__ = [
+    "Entitlement", "FeatureValues", "PlanFeatureValues", "PlanValues", "SubscriptionValues", "UsageError",
+    "UsageResult", "add_prepaid_units", "carry_prepaid_units", "check", "check_quantity", "entitlement",
+    "entitlement_from_row", "pricing_for", "record", "tiers_of",
+]
 
 
 class UsageError(Exception):
@@ -39,111 +45,13 @@ class UsageError(Exception):
         self.code, self.message, self.field = code, message, field
 
 
-# The entitlement as plain values: the columns check/record need, read by one Core SELECT.
-# They offer the same attribute names as the ORM models, so Entitlement, pricing_for and the
-# API routes take either.
-
-@dataclass(frozen=True)
-class FeatureValues:
-    id: int
-    code: str
-    name: str
-    type: FeatureType
-    unit_name: str
-
-
-@dataclass(frozen=True)
-class PlanValues:
-    id: int
-    code: str
-    name: str
-    currency: str
-
-
-@dataclass(frozen=True)
-class SubscriptionValues:
-    id: int
-    current_period_start: datetime
-    current_period_end: datetime
-
-
-@dataclass(frozen=True)
-class PlanFeatureValues:
-    id: int
-    enabled: bool
-    limit: int | None
-    window: RateWindow | None
-    overage_allowed: bool
-    pricing_model: PricingModel | None
-    unit_price: Decimal | None
-    free_units: int
-    package_size: int | None
-    package_price: Decimal | None
-
-    @cached_property
-    def tiers(self) -> list[sa.Row]:
-        """The tier table (first_unit, last_unit, unit_price, flat_fee), read only if a pricing needs it."""
-        return list(usage_sql.connection().execute(usage_sql.TIERS, {"p_plan_feature": self.id}))
-
-
-@dataclass(frozen=True)
-class Entitlement:
-    """What the customer's current plan grants of one feature.
-
-    Duck-typed: the parts are ORM objects (meters, packages) or the *Values above (check, record).
-    """
-
-    feature: Feature | FeatureValues
-    plan: Plan | PlanValues
-    plan_feature: PlanFeature | PlanFeatureValues | None
-    subscription: Subscription | SubscriptionValues | None
-
-    @property
-    def enabled(self) -> bool:
-        return self.plan_feature is not None and self.plan_feature.enabled
-
-    @property
-    def limit(self) -> int | None:
-        return None if self.plan_feature is None else self.plan_feature.limit
-
-    def window(self, at: datetime) -> Period:
-        """The counter window: the billing period, or the rate window for RATE features."""
-        if self.feature.type is FeatureType.RATE:
-            return window_bounds(self.plan_feature.window, at)
-        sub = self.subscription
-        if sub is not None and sub.current_period_start <= at < sub.current_period_end:
-            return Period(sub.current_period_start, sub.current_period_end)
-        # No live subscription (or a stale one): calendar months, so limits still reset.
-        return period_at(_EPOCH, IntervalUnit.MONTH, 1, at)[1]
-
-
-@dataclass
-class UsageResult:
-    allowed: bool
-    feature: str
-    type: FeatureType
-    quantity: int
-    used: int | None = None
-    limit: int | None = None
-    remaining: int | None = None
-    resets_at: datetime | None = None
-    retry_after: int | None = None
-    cost: int | None = None  #: USAGE: cost so far this period, minor units
-    currency: str | None = None
-    code: str | None = None  #: why it was refused
-    message: str = ""
-    event_id: int | None = None
-    replayed: bool = False
-    extra: dict = field(default_factory=dict)
-
-
-def light_entitlement(user_id: int, feature_code: str) -> Entitlement:
+def entitlement(user_id: int, feature_code: str) -> Entitlement:
     """Resolve a feature code against the customer's live subscription (or the default plan).
 
-    One Core SELECT into frozen values; the tier table is read later only if a pricing needs it.
-    Raises UsageError for an unknown feature and NoDefaultPlan when there is no plan to fall back on.
+    One Core SELECT into the entitlement's frozen values. Raises UsageError for an unknown
+    feature and NoDefaultPlan when there is no plan to fall back on.
     """
-    return _resolve(usage_sql.connection(), user_id, feature_code)
+    return _resolve(connection(), user_id, feature_code)
 
 
 def _resolve(conn: sa.Connection, user_id: int, feature_code: str) -> Entitlement:
@@ -160,50 +68,29 @@ def entitlement_from_row(row: sa.Row | None, feature_code: str) -> Entitlement:
         raise UsageError("unknown_feature", f"there is no feature called {feature_code!r}", "feature")
     if row.plan_id is None:  # no live subscription and no default plan
         raise NoDefaultPlan("no default plan: mark one plan as the default (Free) plan")
-    return Entitlement(
-        FeatureValues(row.feature_id, row.feature_code, row.feature_name, row.feature_type, row.unit_name),
-        PlanValues(row.plan_id, row.plan_code, row.plan_name, row.currency),
-        None if row.plan_feature_id is None else PlanFeatureValues(
-            row.plan_feature_id, row.enabled, row.limit, row.window, row.overage_allowed, row.pricing_model,
-            row.unit_price, row.free_units, row.package_size, row.package_price,
-        ),
-        None if row.subscription_id is None else SubscriptionValues(
-            row.subscription_id, row.current_period_start, row.current_period_end,
-        ),
-    )
+    values = row._mapping
+    parts = [None if values[fields[0][1]] is None else cls(*(values[label] for _, label in fields))
+             for cls, _, fields in usage_sql.ENTITLEMENT_PARTS]
+    return Entitlement(*parts)
 
 
-def entitlement(user_id: int, feature_code: str) -> Entitlement:
-    """The entitlement with ORM objects, for callers that follow relationships (e.g. plan_feature.feature).
-
-    Resolved by the same query as light_entitlement, so the rule for which plan applies lives in one place.
-    """
-    light = light_entitlement(user_id, feature_code)
-    get = db.session.get
-    return Entitlement(
-        get(Feature, light.feature.id),
-        get(Plan, light.plan.id),
-        None if light.plan_feature is None else get(PlanFeature, light.plan_feature.id),
-        None if light.subscription is None else get(Subscription, light.subscription.id),
-    )
+def tiers_of(plan_feature_id: int) -> list[sa.Row]:
+    """A plan feature's tier table (first_unit, last_unit, unit_price, flat_fee), in order."""
+    return list(connection().execute(usage_sql.TIERS, {"p_plan_feature": plan_feature_id}))
 
 
 def pricing_for(plan_feature: PlanFeature | PlanFeatureValues | None) -> Pricing | None:
-    """The pricing model configured on a plan feature, or None when it is not priced."""
+    """The pricing model configured on a plan feature, or None when it is not priced.
+
+    A stored PlanFeature brings its tiers through its relationship; for the values of an
+    entitlement the tier table is read here, only when the model prices by tiers.
+    """
     if plan_feature is None or plan_feature.pricing_model is None:
         return None
-    model = plan_feature.pricing_model
-    if model is PricingModel.FLAT:
-        return build_pricing(model, unit_price=plan_feature.unit_price, free_units=plan_feature.free_units)
-    if model is PricingModel.PACKAGE:
-        return build_pricing(
-            model,
-            package_size=plan_feature.package_size,
-            package_price=plan_feature.package_price,
-            free_units=plan_feature.free_units,
-        )
-    tiers = [Tier(t.first_unit, t.last_unit, t.unit_price, t.flat_fee) for t in plan_feature.tiers]
-    return build_pricing(model, tiers=tiers)
+    tiers: Sequence = ()
+    if plan_feature.pricing_model in (PricingModel.TIERED, PricingModel.VOLUME):
+        tiers = plan_feature.tiers if isinstance(plan_feature, PlanFeature) else tiers_of(plan_feature.id)
+    return pricing_of(plan_feature, tiers)
 
 
 def check_quantity(quantity: object) -> int:
@@ -222,11 +109,11 @@ def check(user_id: int, feature_code: str, quantity: int = 1, *, ent: Entitlemen
     with the key); otherwise it is read here.
     """
     quantity = check_quantity(quantity)
-    conn = usage_sql.connection()
+    conn = connection()
     if ent is None:
         ent = _resolve(conn, user_id, feature_code)
     at = now()
-    refusal = _plan_refusal(ent, quantity)
+    refusal = plan_refusal(ent, quantity)
     if refusal is not None:
         return refusal
     window = ent.window(at)
@@ -252,13 +139,13 @@ def record(
 
     Without a key, on PostgreSQL, the record writes with exactly one statement (and otherwise
     only reads), which is what lets the API run it on an autocommit connection
-    (usage_sql.connection). `ent`: as for `check`.
+    (statements.connection). `ent`: as for `check`.
     """
     quantity = check_quantity(quantity)
-    conn = usage_sql.connection()
+    conn = connection()
     if ent is None:
         ent = _resolve(conn, user_id, feature_code)
-    refusal = _plan_refusal(ent, quantity)
+    refusal = plan_refusal(ent, quantity)
     if refusal is not None:
         return refusal
     at = now()
@@ -296,7 +183,7 @@ def _take_and_log(
     refused, in which case nothing was taken or logged. On PostgreSQL this is one statement; on
     SQLite (no data-modifying CTEs) up to three, in the same transaction.
     """
-    if _unbounded(ent):
+    if unbounded(ent):
         how = usage_sql.TAKE_UNBOUNDED
     elif params["p_quantity"] > ent.limit:
         # More than the plan's limit at once: only prepaid units (the bonus of an existing
@@ -317,63 +204,10 @@ def _take_and_log(
     return row.used, row.bonus, event_id
 
 
-def _plan_refusal(ent: Entitlement, quantity: int) -> UsageResult | None:
-    if ent.enabled:
-        return None
-    return UsageResult(
-        allowed=False,
-        feature=ent.feature.code,
-        type=ent.feature.type,
-        quantity=quantity,
-        code="feature_not_in_plan",
-        message=f"{ent.feature.name} is not included in the {ent.plan.name} plan",
-    )
-
-
-def _unbounded(ent: Entitlement) -> bool:
-    """Counted but never refused: unlimited limits, USAGE and BOOLEAN features, priced overage."""
-    if ent.feature.type in (FeatureType.USAGE, FeatureType.BOOLEAN) or ent.limit is None:
-        return True
-    return ent.feature.type is FeatureType.QUOTA and ent.plan_feature.overage_allowed
-
-
-def _decide(
-    ent: Entitlement, quantity: int, used: int, bonus: int, window: Period, at: datetime, *, would_add: bool
-) -> UsageResult:
-    limit = None if ent.feature.type in (FeatureType.USAGE, FeatureType.BOOLEAN) else ent.limit
-    allowance = None if limit is None else limit + bonus
-    projected = used + quantity if would_add else used
-    allowed = _unbounded(ent) or projected <= allowance
-    result = UsageResult(
-        allowed=allowed,
-        feature=ent.feature.code,
-        type=ent.feature.type,
-        quantity=quantity,
-        used=used,
-        limit=allowance,
-        remaining=None if allowance is None else max(allowance - used, 0),
-        resets_at=window.end,
-    )
-    if ent.feature.type is FeatureType.USAGE:
-        pricing = pricing_for(ent.plan_feature)
-        result.currency = ent.plan.currency
-        result.cost = pricing.price(used).amount_minor(ent.plan.currency) if pricing else 0
-    if not allowed:
-        unit = ent.feature.unit_name
-        if ent.feature.type is FeatureType.RATE:
-            result.code = "rate_limited"
-            result.retry_after = max(1, math.ceil((window.end - at) / timedelta(seconds=1)))
-            result.message = (
-                f"{ent.feature.name}: {allowance} {unit}s per {ent.plan_feature.window.value} used up; "
-                f"try again in {result.retry_after} s"
-            )
-        else:
-            result.code = "quota_exceeded"
-            result.message = (
-                f"{ent.feature.name}: {used} of {allowance} {unit}s used this period; "
-                f"{quantity} more would pass the limit"
-            )
-    return result
+def _decide(ent: Entitlement, quantity: int, used: int, bonus: int, window: Period, at: datetime, *,
+            would_add: bool) -> UsageResult:
+    pricing = pricing_for(ent.plan_feature) if ent.feature.type is FeatureType.USAGE else None
+    return decide(ent, quantity, used, bonus, window, at, would_add=would_add, pricing=pricing)
 
 
 def _replay(conn: sa.Connection, ent: Entitlement, event: sa.Row) -> UsageResult:
@@ -402,7 +236,7 @@ def _counter_values(conn: sa.Connection, user_id: int, feature_id: int, window_s
 def add_prepaid_units(user_id: int, feature_code: str, units: int) -> UsageCounter:
     """Raise this period's allowance by prepaid units (a bought package)."""
     units = check_quantity(units)
-    conn = usage_sql.connection()
+    conn = connection()
     ent = _resolve(conn, user_id, feature_code)
     at = now()
     window = ent.window(at)
@@ -433,7 +267,7 @@ def carry_prepaid_units(user_id: int, old_window_start: datetime, new_window: Pe
         .where(UsageCounter.user_id == user_id, UsageCounter.window_start == old_window_start,
                UsageCounter.bonus > 0, Feature.type == FeatureType.QUOTA)
     ).all()
-    conn = usage_sql.connection()
+    conn = connection()
     sql = usage_sql.for_dialect(conn.dialect.name)
     at = now()
     moved: dict[int, int] = {}

@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import contains_eager
 
+from portal.billing.entitlements import counter_window
 from portal.billing.features import FeatureType, RateWindow
 from portal.billing.money import to_minor
 from portal.billing.periods import Period
@@ -23,7 +24,7 @@ from portal.extensions import db
 from portal.models import Feature, Plan, PlanFeature, PricingTier, Subscription, UsageCounter, UsageDaily
 from portal.services.usage import packages
 from portal.services.subscriptions import default_plan, live_subscription
-from portal.services.usage import Entitlement, pricing_for
+from portal.services.usage import pricing_for
 
 #: How far back the history may look (DESIGN §5: N from 1 to 90).
 MIN_DAYS, MAX_DAYS = 1, 90
@@ -152,8 +153,9 @@ def build(user_id: int) -> Board:
     subscription = live_subscription(user_id)
     plan = subscription.plan if subscription is not None else default_plan()
     plan_features = _plan_features(plan.id)
+    period = None if subscription is None else (subscription.current_period_start, subscription.current_period_end)
     windows = {
-        pf.feature_id: Entitlement(pf.feature, plan, pf, subscription).window(at)
+        pf.feature_id: counter_window(pf.feature.type, pf.window, period, at)
         for pf in plan_features
         if pf.enabled and pf.feature.type is not FeatureType.BOOLEAN
     }
@@ -225,7 +227,7 @@ def _meter(pf: PlanFeature, plan: Plan, window: Period | None, counter: UsageCou
         result = _price(pf, used)
         return Meter(**base, cost=_cost(result, plan.currency), breakdown=_lines(result, plan.currency))
     meter = Meter(**base, limit=pf.limit, bonus=bonus, overage_allowed=pf.overage_allowed,
-                  offer=packages.offer_for(pf, plan.currency))
+                  offer=packages.offer_for(pf.feature, pf, plan.currency))
     if pf.overage_allowed and pf.pricing_model is not None and pf.pricing_model is not PricingModel.PACKAGE:
         result = _price(pf, meter.overage)
         meter = replace(meter, cost=_cost(result, plan.currency), breakdown=_lines(result, plan.currency))

@@ -14,7 +14,8 @@ from portal import display
 from portal.billing.features import FeatureType
 from portal.billing.pricing import PricingModel, build_pricing
 from portal.clock import now
-from portal.models import Invoice, LineKind, Payment, PlanFeature, User
+from portal.billing.entitlements import FeatureValues, PlanFeatureValues
+from portal.models import Feature, Invoice, LineKind, Payment, PlanFeature, User
 from portal.services import purchases, usage
 from portal.services.invoices import LineDraft
 from portal.services.purchases import Outcome
@@ -56,18 +57,18 @@ class Quote:
     breakdown: tuple[dict, ...]
 
 
-def offer_for(plan_feature: PlanFeature | None, currency: str) -> Offer | None:
-    """The package a plan feature sells in advance, or None (not a QUOTA priced in packages)."""
+def offer_for(feature: Feature | FeatureValues, plan_feature: PlanFeature | PlanFeatureValues | None,
+              currency: str) -> Offer | None:
+    """The package a plan's grant of a feature sells in advance, or None (not a QUOTA priced in packages)."""
     if (
         plan_feature is None
         or not plan_feature.enabled
-        or plan_feature.feature.type is not FeatureType.QUOTA
+        or feature.type is not FeatureType.QUOTA
         or plan_feature.pricing_model is not PricingModel.PACKAGE
         or not plan_feature.package_size
         or plan_feature.package_price is None
     ):
         return None
-    feature = plan_feature.feature
     one = build_pricing(PricingModel.PACKAGE, package_size=plan_feature.package_size,
                         package_price=plan_feature.package_price)
     return Offer(feature.code, feature.name, feature.unit_name, plan_feature.package_size,
@@ -107,7 +108,7 @@ def buy(user: User, feature_code: str, packages: int, token: str) -> Outcome:
         ent = usage.entitlement(user.id, feature_code)
     except usage.UsageError as error:
         raise PackageError(error.message) from None
-    offer = offer_for(ent.plan_feature, ent.plan.currency)
+    offer = offer_for(ent.feature, ent.plan_feature, ent.plan.currency)
     if offer is None:
         raise PackageError(f"{ent.feature.name} cannot be bought in packages on the {ent.plan.name} plan")
     priced = quote(offer, packages)

@@ -1,4 +1,4 @@
-"""Prebuilt SQL for the usage API's hot path (check, record, API-key lookup).
+"""Prebuilt SQL for the usage API's hot path: the entitlement, counters, events, daily totals.
 
 Building a SQLAlchemy statement costs far more Python than executing it: every `select()`,
 `insert().on_conflict_do_update()` or `.excluded` walks coercions and creates new objects, and
@@ -19,13 +19,14 @@ SQLAlchemy reserves those for the automatic VALUES/SET parameters of inserts and
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
+from portal.billing.entitlements import FeatureValues, PlanFeatureValues, PlanValues, SubscriptionValues
 from portal.billing.lifecycle import LIVE_STATUSES
-from portal.extensions import db
 from portal.models import (
     ApiKey,
     Feature,
@@ -38,6 +39,7 @@ from portal.models import (
     UsageEvent,
     User,
 )
+from portal.services.statements import dialect_insert, param
 
 _features = Feature.__table__
 _plans = Plan.__table__
@@ -51,57 +53,6 @@ _keys = ApiKey.__table__
 _users = User.__table__
 
 
-def connection(*, autocommit: bool = False) -> sa.Connection:
-    """The session's connection, so these statements share the ORM's transaction.
-
-    Flushes first (when the session autoflushes), as the ORM queries these replace did:
-    pending objects, e.g. a new subscription, must be visible to the lookups.
-
-    `autocommit=True` asks for a connection on which each statement commits by itself, saving
-    the BEGIN and COMMIT round trips. Only for a request whose work is reads plus at most one
-    writing statement (the usage API's unkeyed record on PostgreSQL, and check), where a
-    transaction would add nothing. It applies only when the session has not begun a
-    transaction yet, and only on PostgreSQL (SQLite's transactions are handled by the recipe in
-    extensions.configure_sqlite_engines, which an isolation-level change would undo); otherwise
-    the statements simply join the transaction.
-    """
-    session = db.session()  # the request's Session (in_transaction is not proxied by scoped_session)
-    if session.autoflush:
-        session.flush()
-    if autocommit and not session.in_transaction() and session.get_bind().dialect.name == "postgresql":
-        return session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    return session.connection()
-
-
-def param(name: str, column: sa.Column) -> sa.BindParameter:
-    """A placeholder typed like `column`, so its TypeDecorator (UTC datetimes, enums) applies."""
-    return sa.bindparam(name, type_=column.type)
-
-
-def dialect_insert(dialect: str):
-    """The `insert` with ON CONFLICT support for a dialect name: PostgreSQL's or SQLite's."""
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
-
-
-# --- API keys ------------------------------------------------------------------------------
-
-#: The active key (not revoked, owner's account active) for a key hash: (id, user_id, last_used_at).
-API_KEY_BY_HASH = (
-    sa.select(_keys.c.id, _keys.c.user_id, _keys.c.last_used_at)
-    .select_from(_keys.join(_users, _users.c.id == _keys.c.user_id))
-    .where(
-        _keys.c.key_hash == param("p_hash", _keys.c.key_hash),
-        _keys.c.revoked_at.is_(None),
-        _users.c.is_active_account.is_(True),
-    )
-)
-
-TOUCH_API_KEY = (
-    sa.update(_keys)
-    .where(_keys.c.id == param("p_key", _keys.c.id))
-    .values(last_used_at=param("p_at", _keys.c.last_used_at))
-)
-
 # --- Entitlement ---------------------------------------------------------------------------
 
 #: The plan every customer falls back to: the default, unarchived plan (at most one exists).
@@ -113,6 +64,21 @@ _DEFAULT_PLAN_ID = (
     .scalar_subquery()
 )
 
+def _part(cls: type, table: sa.Table, prefix: str) -> tuple[type, sa.Table, tuple[tuple[str, str], ...]]:
+    return cls, table, tuple((f.name, prefix + f.name) for f in dataclasses.fields(cls))
+
+
+#: The entitlement's parts, each a value class read from one table: (class, table, ((column,
+#: label), ...)). The SELECT list below is built from these fields, and entitlement_from_row
+#: reads the row back by the same labels: a new column is a new field of the value class.
+ENTITLEMENT_PARTS = (
+    _part(FeatureValues, _features, "feature_"),
+    _part(PlanValues, _plans, "plan_"),
+    _part(PlanFeatureValues, _plan_features, "plan_feature_"),
+    _part(SubscriptionValues, _subscriptions, "subscription_"),
+)
+
+
 def _entitlement(base: sa.FromClause, user_id: sa.ColumnElement, *extra: sa.ColumnElement) -> sa.Select:
     """Feature, live subscription (if any), its plan or else the default plan, and that plan's
     grant of the feature, outer-joined onto `base` for the customer `user_id`.
@@ -121,20 +87,8 @@ def _entitlement(base: sa.FromClause, user_id: sa.ColumnElement, *extra: sa.Colu
     SQLAlchemy would re-expand into the SQL text on every execution.
     """
     return (
-        sa.select(
-            *extra,
-            _features.c.id.label("feature_id"), _features.c.code.label("feature_code"),
-            _features.c.name.label("feature_name"), _features.c.type.label("feature_type"),
-            _features.c.unit_name,
-            _subscriptions.c.id.label("subscription_id"), _subscriptions.c.current_period_start,
-            _subscriptions.c.current_period_end,
-            _plans.c.id.label("plan_id"), _plans.c.code.label("plan_code"), _plans.c.name.label("plan_name"),
-            _plans.c.currency,
-            _plan_features.c.id.label("plan_feature_id"), _plan_features.c.enabled, _plan_features.c.limit,
-            _plan_features.c.window, _plan_features.c.overage_allowed, _plan_features.c.pricing_model,
-            _plan_features.c.unit_price, _plan_features.c.free_units, _plan_features.c.package_size,
-            _plan_features.c.package_price,
-        )
+        sa.select(*extra, *(table.c[name].label(label) for _, table, fields in ENTITLEMENT_PARTS
+                            for name, label in fields))
         .select_from(
             base
             .outerjoin(_subscriptions, sa.and_(

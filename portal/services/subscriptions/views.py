@@ -7,7 +7,8 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from portal.billing.estimate import EstimateLine, price_use
+from portal.billing.estimate import EstimateLine
+from portal.billing.invoicing import Counted, billed_codes, usage_lines
 from portal.extensions import db
 from portal.models import Invoice, InvoiceStatus, Payment, Plan, Subscription, UsageCounter
 from portal.services.catalog.views import plan_terms
@@ -40,26 +41,20 @@ def next_invoice(sub: Subscription) -> NextInvoice:
     """The next period's plan fee plus this period's billable use so far (from the counters)."""
     plan = sub.plan
     terms = plan_terms(plan)
-    billed = {a.code: a for a in terms.allowances if a.pricing is not None and a.kind in ("usage", "overage")}
-    lines: list[EstimateLine] = []
-    if billed:
+    codes = billed_codes(terms)
+    counted: dict[str, Counted] = {}
+    if codes:
         feature_ids = {pf.feature.code: pf.feature_id for pf in plan.features}
-        counters = {
-            c.feature_id: c for c in db.session.scalars(sa.select(UsageCounter).where(
-                UsageCounter.user_id == sub.user_id,
-                UsageCounter.feature_id.in_([feature_ids[code] for code in billed]),
+        codes_by_id = {feature_ids[code]: code for code in codes}
+        counted = {
+            codes_by_id[c.feature_id]: Counted(c.used, c.bonus) for c in db.session.scalars(sa.select(UsageCounter).where(
+                UsageCounter.user_id == sub.user_id, UsageCounter.feature_id.in_(codes_by_id),
                 UsageCounter.window_start == sub.current_period_start,
             ))
         }
-        for code, allowance in billed.items():
-            counter = counters.get(feature_ids[code])
-            # Prepaid units (bonus) raise a quota before overage starts.
-            used = 0 if counter is None else max(counter.used - counter.bonus, 0)
-            line = price_use(allowance, used, plan.currency)
-            if line is not None and (used or line.amount):
-                lines.append(line)
     upcoming = next_plan(sub)
-    return NextInvoice(sub.current_period_end, upcoming, upcoming.price_amount, tuple(lines), plan.currency)
+    return NextInvoice(sub.current_period_end, upcoming, upcoming.price_amount, usage_lines(terms, counted),
+                       plan.currency)
 
 
 def open_renewal_invoices(user_id: int, subscription_id: int) -> list[Invoice]:

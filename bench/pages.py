@@ -7,6 +7,7 @@ render time of each and the ratio. Pages are rendered in-process through the Fla
 (no HTTP noise).
 
     .venv/bin/python bench/pages.py --backend postgres
+    .venv/bin/python bench/pages.py --tiny       # seconds: checks the script runs (figures mean nothing)
 """
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+#: The measurement, and --tiny: the same steps at a size that runs in seconds (tests/test_bench.py).
+SIZES = {
+    "full": {"small": 1_000, "events": 1_000_000, "ledger": 100_000, "repeats": 30},
+    "tiny": {"small": 100, "events": 300, "ledger": 300, "repeats": 1},
+}
 
 
 def build_app(url: str, instance: Path):
@@ -113,20 +120,20 @@ def timed(client, path: str) -> float:
     return elapsed
 
 
-def run(backend: str, repeats: int, big_events: int, big_ledger: int, workdir: Path) -> list[tuple]:
-    """Two databases side by side, 1k and large; renders alternate between them, medians compared."""
+def run(backend: str, repeats: int, small: int, big_events: int, big_ledger: int, workdir: Path) -> list[tuple]:
+    """Two databases side by side, small (1k rows) and large; renders alternate between them, medians compared."""
     instance = workdir / backend
     instance.mkdir()
     pg = None
     if backend == "postgres":
-        from portal.embedded import EmbeddedPostgres
+        from devtools.postgres import EmbeddedPostgres
 
         pg = EmbeddedPostgres(workdir / "pgdata").start()
         urls = [pg.create_database("bench_small"), pg.create_database("bench_large")]
     else:
         urls = [f"sqlite:///{instance / 'small.db'}", f"sqlite:///{instance / 'large.db'}"]
     apps = [build_app(url, instance) for url in urls]
-    for app, (events, ledger) in zip(apps, [(1_000, 1_000), (big_events, big_ledger)]):
+    for app, (events, ledger) in zip(apps, [(small, small), (big_events, big_ledger)]):
         grow(app, seed(app), events, ledger)
     paths = ["/usage", "/usage/meters", "/wallet", "/wallet/ledger"]
     clients = [login(app) for app in apps]
@@ -147,18 +154,24 @@ def run(backend: str, repeats: int, big_events: int, big_ledger: int, workdir: P
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--ledger", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, help="alternating renders of each page (default 30)")
+    parser.add_argument("--events", type=int, help="usage events in the large database (default 1,000,000)")
+    parser.add_argument("--ledger", type=int, help="wallet ledger rows in the large database (default 100,000)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="100 vs 300 rows, one render: checks in seconds that the script runs (figures mean nothing)")
     args = parser.parse_args()
+    size = SIZES["tiny" if args.tiny else "full"]
+    repeats, events, ledger = (size[k] if getattr(args, k) is None else getattr(args, k)
+                               for k in ("repeats", "events", "ledger"))
     rows = []
     with tempfile.TemporaryDirectory(prefix="portal-bench-pages-") as tmp:
         for backend in (["postgres", "sqlite"] if args.backend == "both" else [args.backend]):
-            rows += run(backend, args.repeats, args.events, args.ledger, Path(tmp))
-    print(f"events {args.events:,}, ledger rows {args.ledger:,}, {args.repeats} alternating renders each")
-    print(f"{'backend':<9} {'page':<15} {'1k (ms)':>9} {'large (ms)':>11} {'ratio':>6}")
+            rows += run(backend, repeats, size["small"], events, ledger, Path(tmp))
+    print(f"events {events:,}, ledger rows {ledger:,}, {repeats} alternating renders each")
+    small_header = f"{size['small']:,} (ms)"
+    print(f"{'backend':<9} {'page':<15} {small_header:>10} {'large (ms)':>11} {'ratio':>6}")
     for backend, path, small, large, ratio in rows:
-        print(f"{backend:<9} {path:<15} {small:>9.2f} {large:>11.2f} {ratio:>6.2f}")
+        print(f"{backend:<9} {path:<15} {small:>10.2f} {large:>11.2f} {ratio:>6.2f}")
     return 0
 
 

@@ -11,6 +11,7 @@ round trips in raw psycopg with no framework, as the floor of what a durable per
 record costs on the machine (its events are counted too).
 
     .venv/bin/python bench/usage_api.py --backend both --requests 20000 --rounds 3
+    .venv/bin/python bench/usage_api.py --tiny    # seconds: checks the script runs (figures mean nothing)
 """
 from __future__ import annotations
 
@@ -29,7 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from portal.embedded import EmbeddedPostgres, free_port  # noqa: E402
+from devtools.embedded import free_port  # noqa: E402
+from devtools.postgres import EmbeddedPostgres  # noqa: E402
+
+#: The measurement, and --tiny: every app of it, each driven a little, in seconds (tests/test_bench.py).
+SIZES = {
+    "full": {"requests": 20000, "rounds": 3, "concurrency": 32, "customers": 4, "workers": 4, "threads": 8},
+    "tiny": {"requests": 200, "rounds": 1, "concurrency": 4, "customers": 2, "workers": 1, "threads": 2},
+}
 
 
 def prepare_database(url: str, instance: Path, customers: int) -> list[str]:
@@ -78,6 +86,7 @@ class Gunicorn:
     def __init__(self, target: str, env: dict[str, str], workers: int, threads: int, log: Path,
                  root: Path = ROOT) -> None:
         self.port = free_port()
+        self.target = target
         self.log = open(log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--worker-class", "gthread",
@@ -162,6 +171,8 @@ def run_backend(backend: str, args, workdir: Path) -> dict:
                                "/api/v1/usage/record")
     servers["record"] = (Gunicorn("wsgi:app", env, args.workers, args.threads, instance / "portal.log"),
                          "/api/v1/usage/record")
+    for name, (server, _) in servers.items():
+        print(f"  {backend}: {name} = {server.target} on port {server.port}", flush=True)
     rounds: dict[str, list[dict]] = {name: [] for name in servers}
     try:
         for _ in range(args.rounds):
@@ -205,18 +216,24 @@ def run_backend(backend: str, args, workdir: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
-    parser.add_argument("--requests", type=int, default=20000, help="per round and app")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--customers", type=int, default=4, help="API keys, one ab process each")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--requests", type=int, help="per round and app (default 20000)")
+    parser.add_argument("--rounds", type=int, help="default 3")
+    parser.add_argument("--concurrency", type=int, help="connections in all (default 32)")
+    parser.add_argument("--customers", type=int, help="API keys, one ab process each (default 4)")
+    parser.add_argument("--workers", type=int, help="gunicorn processes per app (default 4)")
+    parser.add_argument("--threads", type=int, help="threads per gunicorn process (default 8)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="200 requests per app, one round, 1 worker x 2 threads: checks in seconds that "
+                             "the script runs (figures mean nothing)")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="also serve the portal from this checkout (e.g. `git worktree add /tmp/base REV`), "
                              "in the same rounds, to compare a change side by side")
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="skip bench/reference_record.py (PostgreSQL only), the floor of a durable record")
     args = parser.parse_args()
+    for name, value in SIZES["tiny" if args.tiny else "full"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if shutil.which("ab") is None:
         print("bench needs ApacheBench: apt-get install apache2-utils", file=sys.stderr)
         return 2

@@ -37,7 +37,6 @@ def load_config(env: dict[str, str] | None = None, instance_path: str | None = N
         # for each request (on PostgreSQL a new server process every time).
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": _int(env.get("DATABASE_POOL_SIZE"), 10)},
         "REDIS_URL": redis_url,
-        "RQ_QUEUES": ["default", "billing", "emails", "retries"],
         # Sessions and CSRF
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

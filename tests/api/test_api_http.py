@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from portal.embedded import free_port
+from devtools.embedded import free_port
 from portal.extensions import db
 from portal.models import UsageCounter, UsageEvent
 from tests.conftest import START

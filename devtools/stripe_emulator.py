@@ -10,7 +10,7 @@ The portal's money path depends on both, so its tests must see them:
    first, as Stripe does: how a charge whose answer was lost is found again.
 
 Nothing else changes: the app, its data and its routes are localstripe's own. State is kept in
-memory only (never pickled to /tmp). Run: python -m portal.stripe_emulator --port 8420
+memory only (never pickled to /tmp). Run: python -m devtools.stripe_emulator --port 8420
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The local stand-ins for Redis, Stripe, SMTP and PostgreSQL that `make run` and the tests start.
+"""The local stand-ins for Redis, Stripe and SMTP that `make run` and the tests start
+(PostgreSQL, pgserver's own daemon, is in `devtools.postgres`).
 
 Each is a small class: ``start()`` returns once the service answers (or raises
 `EmbeddedServiceError` with the tail of its log), ``stop()`` ends it, ``url`` says where it
@@ -9,7 +10,6 @@ on stop and at interpreter exit, and on Linux also receive SIGTERM if their pare
 from __future__ import annotations
 
 import atexit
-import ctypes
 import importlib.util
 import os
 import shutil
@@ -24,6 +24,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO
+
+from worker.subprocesses import die_with_parent
 
 DEFAULT_START_TIMEOUT = 20.0
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -53,19 +55,6 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 _live: set[_ChildService] = set()
 _live_lock = threading.Lock()
-
-try:  # Linux: ask the kernel to SIGTERM the child when the parent dies, even by SIGKILL
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _PR_SET_PDEATHSIG = 1
-except OSError:  # pragma: no cover
-    _libc = None
-
-
-def die_with_parent() -> None:
-    """preexec_fn for child processes: SIGTERM when the parent goes away (Linux only)."""
-    if _libc is not None and sys.platform.startswith("linux"):
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
 
 def kill_group(proc: subprocess.Popen, timeout: float = 5.0) -> int | None:
     """SIGTERM the process group led by `proc`, SIGKILL it after `timeout`; return the exit code."""
@@ -99,7 +88,8 @@ def _stop_all() -> None:
             pass
 
 
-def _tail(path: Path | None, lines: int = 30) -> str:
+def log_tail(path: Path | None, lines: int = 30) -> str:
+    """The last `lines` lines of a log file, for an error message."""
     if path is None or not path.exists():
         return "(no log)"
     text = path.read_text(errors="replace").splitlines()
@@ -175,7 +165,7 @@ class _ChildService:
                 self.stop()
                 raise EmbeddedServiceError(
                     f"{self.name} exited with code {code} while starting; last lines of {self.log_path}:\n"
-                    f"{_tail(self.log_path)}"
+                    f"{log_tail(self.log_path)}"
                 )
             if self.ready():
                 return self
@@ -183,7 +173,7 @@ class _ChildService:
                 self.stop()
                 raise EmbeddedServiceError(
                     f"{self.name} did not answer within {timeout:.0f}s; last lines of {self.log_path}:\n"
-                    f"{_tail(self.log_path)}"
+                    f"{log_tail(self.log_path)}"
                 )
             time.sleep(0.05)
 
@@ -209,7 +199,7 @@ class _ChildService:
 
 
 def _python_env() -> dict[str, str]:
-    """The environment for `python -m portal...` children: the repo importable, output unbuffered."""
+    """The environment for `python -m devtools...` children: the repo importable, output unbuffered."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -266,7 +256,7 @@ class EmbeddedRedis(_ChildService):
 
 # localstripe pickles its whole store to the fixed path /tmp/localstripe.pickle on every write:
 # O(store) per request, and every instance on the machine writes the same file. Started
-# --from-scratch it never reads it back, so portal.stripe_emulator turns the write off (and adds
+# --from-scratch it never reads it back, so devtools.stripe_emulator turns the write off (and adds
 # the Idempotency-Key replay and customer filter of the real API).
 class EmbeddedStripe(_ChildService):
     """localstripe, a stateful Stripe emulator (it listens on all interfaces; it has no option)."""
@@ -277,8 +267,8 @@ class EmbeddedStripe(_ChildService):
         super().__init__(port, log_path)
 
     def command(self) -> list[str]:
-        # localstripe plus the idempotency keys and intent listing it lacks (portal.stripe_emulator).
-        return [sys.executable, "-m", "portal.stripe_emulator", "--port", str(self.port), "--from-scratch"]
+        # localstripe plus the idempotency keys and intent listing it lacks (devtools.stripe_emulator).
+        return [sys.executable, "-m", "devtools.stripe_emulator", "--port", str(self.port), "--from-scratch"]
 
     def env(self) -> dict[str, str]:
         env = _python_env()
@@ -301,7 +291,7 @@ class EmbeddedStripe(_ChildService):
 
 
 class EmbeddedMail(_ChildService):
-    """The SMTP catcher (`portal.mailcatcher`) on 127.0.0.1, writing .eml files into `maildir`."""
+    """The SMTP catcher (`devtools.mailcatcher`) on 127.0.0.1, writing .eml files into `maildir`."""
 
     name = "mailcatcher"
 
@@ -312,7 +302,7 @@ class EmbeddedMail(_ChildService):
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "portal.mailcatcher",
+            sys.executable, "-m", "devtools.mailcatcher",
             "--host", self.host, "--port", str(self.port), "--maildir", str(self.maildir.resolve()),
         ]
 
@@ -333,81 +323,6 @@ class EmbeddedMail(_ChildService):
 
     def messages(self):
         """Messages received so far, oldest first."""
-        from portal.mailcatcher import read_messages
+        from devtools.mailcatcher import read_messages
 
         return read_messages(self.maildir)
-
-
-class EmbeddedPostgres:
-    """PostgreSQL via pgserver (a Unix socket under the data dir, no TCP port).
-
-    pgserver daemonizes postgres itself, so this one is stopped by `stop()` or pgserver's own
-    atexit hook rather than by a process group.
-    """
-
-    name = "postgres"
-
-    def __init__(self, datadir: str | os.PathLike[str]) -> None:
-        self.datadir = Path(datadir)
-        self._server = None
-
-    def start(self, timeout: float | None = None) -> EmbeddedPostgres:
-        if self._server is not None:
-            return self
-        try:
-            import pgserver
-        except ImportError as exc:  # pragma: no cover
-            raise EmbeddedServiceError("pgserver is not installed (pip install -e '.[embedded]')") from exc
-        self.datadir.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._server = pgserver.get_server(self.datadir, cleanup_mode="stop")
-        except Exception as exc:
-            log = self.datadir / "log"
-            raise EmbeddedServiceError(f"postgres did not start: {exc}; last lines of {log}:\n{_tail(log)}") from exc
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    @property
-    def socket_dir(self) -> str:
-        return str(self._require().get_postmaster_info().socket_dir)
-
-    def uri(self, database: str = "postgres") -> str:
-        """libpq URI (``postgresql://...``) of `database`."""
-        return self._require().get_uri(database)
-
-    def url_for(self, database: str = "postgres") -> str:
-        """SQLAlchemy URL (psycopg 3 driver) of `database`."""
-        return self.uri(database).replace("postgresql://", "postgresql+psycopg://", 1)
-
-    @property
-    def url(self) -> str:
-        return self.url_for("postgres")
-
-    def create_database(self, name: str) -> str:
-        """Create an empty database `name` (dropping one of that name first); return its SQLAlchemy URL."""
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(self.uri("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return self.url_for(name)
-
-    def _require(self):
-        if self._server is None:
-            raise EmbeddedServiceError("postgres is not started")
-        return self._server
-
-    def __enter__(self) -> EmbeddedPostgres:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

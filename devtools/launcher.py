@@ -1,4 +1,4 @@
-"""python -m portal.launcher run: the whole portal on one machine, stopped with one Ctrl-C.
+"""python -m devtools.launcher run: the whole portal on one machine, stopped with one Ctrl-C.
 
 Starts the stand-ins the environment does not already point elsewhere (Redis unless REDIS_URL
 is set, localstripe unless STRIPE_API_BASE is set, the mail catcher unless MAIL_SERVER is
@@ -19,15 +19,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from portal.embedded import (
+from devtools.embedded import (
     EmbeddedMail,
     EmbeddedRedis,
     EmbeddedServiceError,
     EmbeddedStripe,
-    die_with_parent,
     kill_group,
     port_in_use,
 )
+from worker.subprocesses import die_with_parent
 
 
 class Shutdown(Exception):
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m portal.launcher", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.launcher", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="start everything and serve on http://127.0.0.1:5000")
     run_parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")

@@ -1,6 +1,6 @@
 """A local SMTP catcher: every message it receives lands as one .eml file in a maildir.
 
-Run it with ``python -m portal.mailcatcher --port 8025 --maildir instance/mail``. Tests and
+Run it with ``python -m devtools.mailcatcher --port 8025 --maildir instance/mail``. Tests and
 staff pages read what arrived with `read_messages`, `wait_for_message` and `clear`.
 
 Files are named ``<arrival ns>-<pid>-<seq>.eml`` so sorting by name is sorting by arrival,
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 
-log = logging.getLogger("portal.mailcatcher")
+log = logging.getLogger("devtools.mailcatcher")
 
 _TMP = ".tmp"
 _seq = itertools.count()
@@ -143,7 +143,7 @@ async def serve(host: str, port: int, maildir: str | os.PathLike[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m portal.mailcatcher", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.mailcatcher", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8025)
     parser.add_argument("--maildir", default="instance/mail")

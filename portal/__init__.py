@@ -68,19 +68,28 @@ def _limits_by_decorator_only(app: Flask) -> None:
     """Drop Flask-Limiter's per-request hook while every limit is a decorator on its view.
 
     A `@limiter.limit` view checks its own limit when it runs; the extension's global
-    before_request hook exists for default, application-wide, blueprint and meta limits, which
-    the portal does not configure, yet costs every request (the usage API's hot path most) its
-    exemption lookups. Runs after the blueprints are registered, so a limit any of them declares
-    is seen; should such limits be configured one day (RATELIMIT_DEFAULT and friends land in the
-    limit manager), the hook stays.
+    before_request hook exists for default, application-wide, blueprint, meta and in-memory
+    fallback limits, which the portal does not configure, yet costs every request (the usage
+    API's hot path most) its exemption lookups. Runs after the blueprints are registered, so a
+    limit any of them declares is seen; should such limits be configured one day
+    (RATELIMIT_DEFAULT and friends land in the limiter), the hook stays. With
+    RATELIMIT_ENABLED=false Flask-Limiter registers no hook and checks nothing: nothing to drop.
+
+    Flask-Limiter offers no public way to do this (init_app always registers the hook), so it
+    rests on what its source does: the hook is the limiter's bound method in Flask's
+    `before_request_funcs`, and those limits sit in the attributes read below. pyproject pins
+    the minor version this was read against; tests/test_rate_limits.py fails when any of it moves.
     """
     from portal.extensions import limiter
 
+    hooks = app.before_request_funcs.get(None, [])
+    own = [hook for hook in hooks if getattr(hook, "__self__", None) is limiter]
     manager = limiter.limit_manager
-    if manager._default_limits or manager._application_limits or manager._blueprint_limits \
-            or limiter._meta_limits:
+    if not own or manager._default_limits or manager._application_limits or manager._blueprint_limits \
+            or limiter._meta_limits or limiter._in_memory_fallback:
         return
-    app.before_request_funcs[None].remove(limiter._check_request_limit)
+    for hook in own:
+        hooks.remove(hook)
 
 
 def register_purchases() -> None:
@@ -92,7 +101,8 @@ def register_purchases() -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from portal.blueprints import auth, health, webhooks
+    """Every blueprint, then one commit per request around every view (blueprints.transactions)."""
+    from portal.blueprints import auth, health, transactions, webhooks
     from portal.blueprints.api import bp as api_bp
     from portal.blueprints.customer import bp as customer_bp
     from portal.blueprints.staff import bp as staff_bp
@@ -107,6 +117,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(customer_bp)
     app.register_blueprint(staff_bp, url_prefix="/staff")
     app.register_blueprint(webhooks.bp)
+    transactions.register(app)
 
 
 def register_errorhandlers(app: Flask) -> None:

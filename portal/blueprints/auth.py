@@ -10,7 +10,7 @@ from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Email, EqualTo, Length
 
-from portal.extensions import db, limiter
+from portal.extensions import limiter
 from portal.services import auth as accounts
 from portal.services.audit import audit
 
@@ -77,7 +77,6 @@ def register():
             form.email.errors.append(str(exc))
         else:
             audit("auth.register", user, actor_id=user.id)
-            db.session.commit()
             _start_session(user)
             flash("Welcome! You are on the Free plan.", "success")
             return redirect(url_for("customer.home"))
@@ -95,11 +94,9 @@ def login():
         user = accounts.authenticate(form.email.data, form.password.data)
         if user is None or not user.is_active:
             audit("auth.login_failed", None, data={"email": accounts.normalize_email(form.email.data)})
-            db.session.commit()
             form.password.errors.append("Email or password is not correct.")
         else:
             audit("auth.login", user, actor_id=user.id)
-            db.session.commit()
             _start_session(user)
             default = url_for("staff.index") if user.is_staff else url_for("customer.home")
             return redirect(_safe_next(request.args.get("next")) or default)
@@ -114,7 +111,6 @@ def logout():
     user = current_user._get_current_object()
     accounts.end_other_sessions(user)
     audit("auth.logout", user, actor_id=user.id)
-    db.session.commit()
     logout_user()
     session.clear()
     flash("You are logged out.", "info")
@@ -134,7 +130,6 @@ def change_password():
             form.current.errors.append(str(exc))
         else:
             audit("auth.password_changed", user, actor_id=user.id)
-            db.session.commit()
             _start_session(user)
             flash("Password changed. Other sessions have been logged out.", "success")
             return redirect(url_for("customer.home"))

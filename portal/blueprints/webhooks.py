@@ -6,7 +6,7 @@ import json
 import stripe
 from flask import Blueprint, jsonify, request
 
-from portal.extensions import csrf, db
+from portal.extensions import csrf
 from portal.payments import gateway
 from portal.services import webhooks
 
@@ -39,7 +39,6 @@ def stripe_event():
     except webhooks.InvalidEvent as exc:
         return _error("bad_payload", str(exc), 400)
     status = receipt.event.status
-    db.session.commit()
     if receipt.failed:
         # Stored and recorded as an OperationError; a 500 makes Stripe deliver it again later.
         return _error("handler_failed", "The event was stored but could not be handled yet.", 500)

@@ -202,10 +202,9 @@ def _answer(result: usage.UsageResult, success: int, ent: usage.Entitlement) -> 
 def check():
     """Check before using a feature."""
     _, body = _key_first(UsageRequest)
-    ent = _authenticate_with_entitlement(body.feature, autocommit=True)  # reads only (and the key's last use)
+    ent = _authenticate_with_entitlement(body.feature, autocommit=usage.may_autocommit(recording=False, keyed=False))
     result = usage.check(g.api_user.id, body.feature, body.quantity, ent=ent)
     status, model, headers = _answer(result, 200, ent)
-    db.session.commit()  # only the key's last-used time
     return _json(status, model, headers)
 
 
@@ -219,10 +218,8 @@ def record():
     """Record after using a feature."""
     payload, body = _key_first(RecordRequest)
     key = request.headers.get("Idempotency-Key") or body.event_id
-    # Without a key, on PostgreSQL, the record is reads plus one writing statement (see
-    # usage.record), so it needs no transaction; with one, the claim, the work and the stored
-    # answer must commit together.
-    ent = _authenticate_with_entitlement(body.feature, autocommit=key is None)
+    ent = _authenticate_with_entitlement(body.feature,
+                                         autocommit=usage.may_autocommit(recording=True, keyed=key is not None))
     user_id = g.api_user.id
     claim = None
     if key is not None:
@@ -235,7 +232,6 @@ def record():
             raise ApiError(409, "idempotency_key_reused",
                            "this Idempotency-Key was already used with a different request") from None
         if isinstance(claim, idempotency.StoredResponse):
-            db.session.commit()
             return _json(claim.status, claim.body, {"Idempotent-Replayed": "true"})
     result = usage.record(user_id, body.feature, body.quantity, idempotency_key=key, ent=ent)
     status, model, headers = _answer(result, 201, ent)
@@ -245,7 +241,6 @@ def record():
             idempotency.release(claim)
         else:
             idempotency.store(claim, status, payload_bytes)
-    db.session.commit()
     return _json(status, payload_bytes, headers)
 
 
@@ -268,7 +263,6 @@ def summary():
     answer = UsageSummary(plan=board.plan.code, status=sub.status.value if sub else "none",
                           period_start=board.period.start if board.period else None,
                           period_end=board.period.end if board.period else None, features=features)
-    db.session.commit()
     return _json(200, answer)
 
 
@@ -297,7 +291,6 @@ def history():
     answer = UsageHistory(days=days, features=[
         FeatureHistory(feature=c, days=[DailyTotal(day=t.day, quantity=t.quantity) for t in h.totals])
         for c, h in found.items()])
-    db.session.commit()
     return _json(200, answer)
 
 
@@ -329,7 +322,6 @@ def restrictions(feature: str):
         reason={"code": result.code, "message": result.message} if not result.allowed else None,
         enabled=ent.enabled, used=result.used, limit=result.limit, remaining=result.remaining,
         resets_at=result.resets_at, how_to_lift=lift, plans=plans, upgrade_url=_upgrade_url())
-    db.session.commit()
     return _json(200, answer)
 
 
@@ -348,7 +340,6 @@ def subscription():
         current_period_start=sub.current_period_start, current_period_end=sub.current_period_end,
         cancel_at_period_end=sub.cancel_at_period_end,
         scheduled_plan=sub.scheduled_plan.code if sub.scheduled_plan_id else None, grace_until=sub.grace_until)
-    db.session.commit()
     return _json(200, answer)
 
 
@@ -370,7 +361,6 @@ def plans():
                                            pricing_model=pf.pricing_model.value if pf.pricing_model else None)
                            for pf in p.features])
         for p in rows])
-    db.session.commit()
     return _json(200, answer)
 
 

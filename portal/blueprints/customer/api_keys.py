@@ -59,7 +59,6 @@ def create_api_key():
             form.name.errors.append(str(error))
         else:
             audit("api_key.created", key, actor_id=user.id, data={"name": key.name, "prefix": key.prefix})
-            db.session.commit()
             fresh = ApiKeyForm(formdata=None)
             if htmx:
                 body = render_template("customer/_api_key_created.html", form=fresh, created=key, raw_key=raw,
@@ -84,6 +83,5 @@ def revoke_api_key(key_id: int):
     api_keys.revoke(key)
     if not already:
         audit("api_key.revoked", key, actor_id=current_user.id, data={"name": key.name, "prefix": key.prefix})
-    db.session.commit()
     flash(f"“{key.name}” ({key.prefix}…) is revoked: requests using it are refused from now on.", "success")
     return redirect(url_for("customer.api_keys"), code=303)

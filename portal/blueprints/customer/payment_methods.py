@@ -78,7 +78,6 @@ def payment_method_setup():
     except PaymentError as error:
         db.session.rollback()
         return jsonify(error={"code": error.code, "message": error.message}), 502
-    db.session.commit()  # a first Stripe customer id is kept
     return jsonify(client_secret=client_secret)
 
 
@@ -99,7 +98,6 @@ def payment_method_save():
         db.session.rollback()
         return _render(form, 402, save_error=error.message)
     audit("payment_method.added", method, actor_id=user.id, data={"last4": method.last4})
-    db.session.commit()
     flash(f"{_label(method)} saved." + (" It is your default card." if method.is_default else ""), "success")
     return redirect(url_for("customer.payment_methods"), 303)
 
@@ -112,7 +110,6 @@ def payment_method_default(method_id: int):
     if CardActionForm().validate_on_submit():
         payment_methods.set_default(method)
         audit("payment_method.default", method, actor_id=current_user.id)
-        db.session.commit()
         flash(f"{_label(method)} is now your default card.", "success")
     return redirect(url_for("customer.payment_methods"), 303)
 
@@ -132,7 +129,6 @@ def payment_method_remove(method_id: int):
             flash(f"{label} could not be removed: {error.message}", "error")
             return redirect(url_for("customer.payment_methods"), 303)
         audit("payment_method.removed", None, actor_id=current_user.id, data={"payment_method_id": method_id})
-        db.session.commit()
         flash(f"{label} removed.", "success")
         return redirect(url_for("customer.payment_methods"), 303)
     others = [m for m in payment_methods.list_methods(current_user.id) if m.id != method.id]

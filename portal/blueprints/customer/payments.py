@@ -125,7 +125,6 @@ def confirm_payment(payment_id: int):
         abort(404)
     done_before = payment.status.value in ("succeeded", "refunded", "failed")
     outcome = purchases.confirm(payment)
-    db.session.commit()
     if done_before and outcome.status == "paid":
         flash("Payment received.", "info")
         return _home(payment)
@@ -153,7 +152,6 @@ def cancel_purchase(number: str):
         db.session.rollback()
         flash(f"We could not cancel it just now: {error.message}", "error")
         return redirect(url_for("customer.subscription"), 303)
-    db.session.commit()
     if outcome.status == "paid":  # the bank confirmed it before the cancellation arrived
         _flash_paid(outcome.payment, invoice)
     else:

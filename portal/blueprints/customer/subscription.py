@@ -183,13 +183,11 @@ def change_plan(plan_code: str):
                                                             "Check them below and confirm again.")
             if not change.is_upgrade:
                 sub = plan_changes.schedule_downgrade(user, plan)
-                db.session.commit()
                 flash(f"Done: you move to {plan.name} on {sub.current_period_end:%d %b %Y}. "
                       f"You keep {change.old_plan.name} until then.", "success")
                 return redirect(url_for("customer.subscription"))
             if change.trial:
                 sub = plan_changes.start_trial(user, plan)
-                db.session.commit()
                 flash(f"Your {plan.trial_days}-day free trial of {plan.name} has started. Nothing is charged "
                       f"until {sub.current_period_end:%d %b %Y}.", "success")
                 return redirect(url_for("customer.subscription"))
@@ -207,7 +205,6 @@ def change_plan(plan_code: str):
     except PaymentError as exc:
         db.session.rollback()
         return _change_page(plan, status=402, error=exc.message)
-    db.session.commit()
     return show_outcome(outcome, on_failure=lambda message: _change_page(plan, status=402, error=message))
 
 
@@ -234,7 +231,6 @@ def cancel():
             db.session.rollback()
             form.reason.errors.append(_sentence(str(exc)))
         else:
-            db.session.commit()
             flash(f"Your {sub.plan.name} plan ends on {sub.current_period_end:%d %b %Y}; until then nothing changes. "
                   "Changed your mind? Choose Undo below.", "success")
             return redirect(url_for("customer.subscription"))
@@ -252,6 +248,5 @@ def undo():
         db.session.rollback()
         flash(_sentence(str(exc)), "error")
     else:
-        db.session.commit()
         flash(f"Done: you stay on the {sub.plan.name} plan.", "success")
     return redirect(url_for("customer.subscription"))

@@ -142,7 +142,6 @@ def buy_package():
         db.session.rollback()
         form.packages.errors.append(str(error))
         return _page(submitted=form, purchase_error=str(error), status=422)
-    db.session.commit()
     quantity = form.packages.data
     if outcome.status == "paid":
         flash(f"Paid: {quantity} package{'s' if quantity != 1 else ''} added to this period's allowance.", "success")

@@ -15,7 +15,7 @@ from portal.billing.money import InvalidAmount, format_money, parse_money
 from portal.blueprints.customer import bp
 from portal.blueprints.customer.payment_methods import stripe_js_url
 from portal.clock import now
-from portal.extensions import db, htmx
+from portal.extensions import htmx
 from portal.models import EntryKind, PaymentStatus
 from portal.services import payments, purchases
 from portal.services.wallet import ledger
@@ -213,7 +213,6 @@ def wallet_topup():
                          card_label=f"{card.brand.title()} •••• {card.last4}")
     payment = outcome.payment
     audit("wallet.topup", payment, actor_id=user.id, data={"amount": form.minor, "outcome": outcome.status})
-    db.session.commit()
     if outcome.status == "paid":
         flash(f"{format_money(form.minor, form.currency, current_app.config['DEFAULT_LOCALE'])} "
               "added to your wallet.", "success")
@@ -263,7 +262,6 @@ def wallet_topup_confirm(payment_id: int):
         return redirect(status_url, 303)
     if payment.status in (PaymentStatus.PENDING, PaymentStatus.REQUIRES_ACTION):
         outcome = purchases.confirm(payment)
-        db.session.commit()
         if outcome.status == "unknown" and outcome.error is not None:
             flash(outcome.error.message, "error")
     if payment.status is PaymentStatus.SUCCEEDED and ledger.topup_entry(payment) is not None:

@@ -33,6 +33,7 @@ from portal.services.usage import sql as usage_sql
 __all__ = [
     "Entitlement", "FeatureValues", "PlanFeatureValues", "PlanValues", "SubscriptionValues", "UsageError",
     "UsageResult", "add_prepaid_units", "carry_prepaid_units", "check", "check_quantity", "entitlement",
+    "may_autocommit",
     "entitlement_from_row", "pricing_for", "record", "tiers_of",
 ]
 
@@ -91,6 +92,16 @@ def pricing_for(plan_feature: PlanFeature | PlanFeatureValues | None) -> Pricing
     if plan_feature.pricing_model in (PricingModel.TIERED, PricingModel.VOLUME):
         tiers = plan_feature.tiers if isinstance(plan_feature, PlanFeature) else tiers_of(plan_feature.id)
     return pricing_of(plan_feature, tiers)
+
+
+def may_autocommit(*, recording: bool, keyed: bool) -> bool:
+    """Whether an API call's statements may each commit by themselves (statements.connection).
+
+    A check only reads (and notes the key's use); an unkeyed record is reads plus one writing
+    statement on PostgreSQL (see `record`), so a transaction adds nothing to either. A keyed
+    record claims the key, does the work and stores the answer, which must commit together.
+    """
+    return not (recording and keyed)
 
 
 def check_quantity(quantity: object) -> int:

@@ -11,7 +11,6 @@ render time of each and the ratio. Pages are rendered in-process through the Fla
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -20,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench import cli  # noqa: E402
 
 #: The measurement, and --tiny: the same steps at a size that runs in seconds (tests/test_bench.py).
 SIZES = {
@@ -152,20 +153,16 @@ def run(backend: str, repeats: int, small: int, big_events: int, big_ledger: int
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
-    parser.add_argument("--repeats", type=int, help="alternating renders of each page (default 30)")
-    parser.add_argument("--events", type=int, help="usage events in the large database (default 1,000,000)")
-    parser.add_argument("--ledger", type=int, help="wallet ledger rows in the large database (default 100,000)")
-    parser.add_argument("--tiny", action="store_true",
-                        help="100 vs 300 rows, one render: checks in seconds that the script runs (figures mean nothing)")
-    args = parser.parse_args()
+    args = cli.parse(cli.parser(__doc__, {
+        "repeats": "alternating renders of each page (default 30)",
+        "events": "usage events in the large database (default 1,000,000)",
+        "ledger": "wallet ledger rows in the large database (default 100,000)",
+    }, tiny="100 vs 300 rows, one render"), SIZES)
     size = SIZES["tiny" if args.tiny else "full"]
-    repeats, events, ledger = (size[k] if getattr(args, k) is None else getattr(args, k)
-                               for k in ("repeats", "events", "ledger"))
+    repeats, events, ledger = args.repeats, args.events, args.ledger
     rows = []
     with tempfile.TemporaryDirectory(prefix="portal-bench-pages-") as tmp:
-        for backend in (["postgres", "sqlite"] if args.backend == "both" else [args.backend]):
+        for backend in cli.backends(args):
             rows += run(backend, repeats, size["small"], events, ledger, Path(tmp))
     print(f"events {events:,}, ledger rows {ledger:,}, {repeats} alternating renders each")
     small_header = f"{size['small']:,} (ms)"

@@ -15,7 +15,6 @@ record costs on the machine (its events are counted too).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import cli  # noqa: E402
 from devtools.embedded import free_port  # noqa: E402
 from devtools.postgres import EmbeddedPostgres  # noqa: E402
 
@@ -214,30 +214,21 @@ def run_backend(backend: str, args, workdir: Path) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
-    parser.add_argument("--requests", type=int, help="per round and app (default 20000)")
-    parser.add_argument("--rounds", type=int, help="default 3")
-    parser.add_argument("--concurrency", type=int, help="connections in all (default 32)")
-    parser.add_argument("--customers", type=int, help="API keys, one ab process each (default 4)")
-    parser.add_argument("--workers", type=int, help="gunicorn processes per app (default 4)")
-    parser.add_argument("--threads", type=int, help="threads per gunicorn process (default 8)")
-    parser.add_argument("--tiny", action="store_true",
-                        help="200 requests per app, one round, 1 worker x 2 threads: checks in seconds that "
-                             "the script runs (figures mean nothing)")
+    parser = cli.parser(__doc__, {
+        "requests": "per round and app (default 20000)", "rounds": "default 3",
+        "concurrency": "connections in all (default 32)", "customers": "API keys, one ab process each (default 4)",
+        "workers": "gunicorn processes per app (default 4)", "threads": "threads per gunicorn process (default 8)",
+    }, tiny="200 requests per app, one round, 1 worker x 2 threads")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="also serve the portal from this checkout (e.g. `git worktree add /tmp/base REV`), "
                              "in the same rounds, to compare a change side by side")
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="skip bench/reference_record.py (PostgreSQL only), the floor of a durable record")
-    args = parser.parse_args()
-    for name, value in SIZES["tiny" if args.tiny else "full"].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    args = cli.parse(parser, SIZES)
     if shutil.which("ab") is None:
         print("bench needs ApacheBench: apt-get install apache2-utils", file=sys.stderr)
         return 2
-    backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
+    backends = cli.backends(args)
     with tempfile.TemporaryDirectory(prefix="portal-bench-") as tmp:
         results = [run_backend(b, args, Path(tmp)) for b in backends]
     print(json.dumps(results, indent=2))

@@ -1,9 +1,10 @@
 """Every benchmark under bench/ still runs: each script, at its --tiny size, on both databases.
 
 The scripts are found by glob, so a new one is covered without editing this file. A module
-under bench/ without a `__main__` block is a helper app a script serves (bench/hello.py,
-bench/reference_record.py under gunicorn in usage_api.py); a script's run must name it
-(`bench.<name>`), so a helper no script starts any more is noticed too. The figures of a tiny
+under bench/ without a `__main__` block is either code the scripts import (`from bench import
+cli`) or a helper app a script serves (bench/hello.py, bench/reference_record.py under gunicorn in
+usage_api.py); a script's run must name a helper app (`bench.<name>`), so one no script starts any
+more is noticed too. The figures of a tiny
 run mean nothing; what counts is exit code 0 and the table at the end.
 """
 from __future__ import annotations
@@ -18,7 +19,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BENCH = sorted((REPO / "bench").glob("*.py"))
 SCRIPTS = [path for path in BENCH if 'if __name__ == "__main__":' in path.read_text()]
-HELPERS = [path for path in BENCH if path not in SCRIPTS]
+#: Modules the scripts import (`from bench import cli`): code they share, not apps they serve.
+LIBRARIES = [path for path in BENCH if path not in SCRIPTS
+             and any(f"from bench import {path.stem}" in script.read_text() for script in SCRIPTS)]
+HELPERS = [path for path in BENCH if path not in SCRIPTS and path not in LIBRARIES]
 BACKENDS = {"postgres", "sqlite"}
 
 
@@ -39,6 +43,7 @@ def table_rows(output: str) -> list[list[str]]:
 def test_the_glob_finds_the_benchmarks():
     assert {path.name for path in SCRIPTS} >= {"pages.py", "usage_api.py"}
     assert {path.name for path in HELPERS} >= {"hello.py", "reference_record.py"}
+    assert {path.name for path in LIBRARIES} == {"cli.py"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[path.name for path in SCRIPTS])

@@ -19,8 +19,8 @@ from portal.models import (
 )
 from portal.payments import gateway
 from portal.services import payments, wallet
-from portal.services.wallet import topups
 from portal.services import webhooks as webhook_service
+from portal.services.wallet import topups
 from tests.conftest import add_card, assert_money_consistent, both_databases, charge_at_stripe, open_topup
 
 SECRET = "whsec_test_secret"

@@ -11,9 +11,9 @@ from portal.billing.lifecycle import Transition
 from portal.extensions import db
 from portal.models import Plan
 from portal.services import usage
+from portal.services.subscriptions import live_subscription, transition
 from portal.services.usage import meters
 from portal.services.usage.meters import Meter
-from portal.services.subscriptions import live_subscription, transition
 from tests.conftest import both_databases
 
 

@@ -12,10 +12,10 @@ from portal.models import (
     EntryKind, Invoice, InvoiceStatus, LineKind, Payment, PaymentStatus, Plan, PlanFeature, UsageCounter,
 )
 from portal.services import usage, wallet
+from portal.services.subscriptions import live_subscription, transition
 from portal.services.usage import meters
 from portal.services.usage import packages
 from portal.services.usage.packages import Offer, PackageError
-from portal.services.subscriptions import live_subscription, transition
 from tests.conftest import add_card, both_databases
 
 DECLINING = "4000000000000341"

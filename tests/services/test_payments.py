@@ -12,8 +12,8 @@ from portal.models import (
 )
 from portal.services import purchases, wallet
 from portal.services.subscriptions import changes as plan_changes
-from portal.services.wallet import topups
 from portal.services.subscriptions import live_subscription
+from portal.services.wallet import topups
 from tests.conftest import add_card, both_databases
 
 DECLINING = "4000000000000341"

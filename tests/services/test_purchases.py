@@ -25,12 +25,12 @@ from portal.models import (
 )
 from portal.payments import gateway
 from portal.services import catalog, invoices, purchases, usage, wallet
-from portal.services.usage import packages
-from portal.services.subscriptions import changes as plan_changes
-from portal.services.wallet import topups
 from portal.services.invoices import LineDraft
 from portal.services.purchases.effects import Nothing
+from portal.services.subscriptions import changes as plan_changes
 from portal.services.subscriptions import live_subscription, transition
+from portal.services.usage import packages
+from portal.services.wallet import topups
 from tests.conftest import (
     REPO_ROOT, add_card, assert_money_consistent, authenticate_3ds, both_databases, charge_at_stripe, open_topup,
     refunded_at_stripe, run_outbox_jobs, stripe_intents,

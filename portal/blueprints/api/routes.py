@@ -19,8 +19,8 @@ from portal.blueprints.api.schemas import (
 from portal.extensions import db
 from portal.models import Plan, PlanFeature
 from portal.services import api_keys, idempotency, usage
-from portal.services.usage import meters
 from portal.services.subscriptions import live_subscription
+from portal.services.usage import meters
 
 #: Bodies are tiny; anything bigger is refused before it is read whole.
 MAX_BODY = 16 * 1024

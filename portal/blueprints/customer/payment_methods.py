@@ -11,8 +11,8 @@ from portal.blueprints.customer import bp
 from portal.clock import now
 from portal.extensions import db
 from portal.payments.errors import PaymentError
-from portal.services.payments import cards as payment_methods
 from portal.services.audit import audit
+from portal.services.payments import cards as payment_methods
 
 
 class SaveCardForm(FlaskForm):

@@ -13,8 +13,8 @@ from portal.extensions import db
 from portal.models import Invoice, Payment, PaymentPurpose
 from portal.payments.errors import PaymentError
 from portal.services import purchases
-from portal.services.invoices import views as invoice_views
 from portal.services import payments
+from portal.services.invoices import views as invoice_views
 from portal.services.purchases import Outcome, effects
 from portal.services.subscriptions import live_subscription
 

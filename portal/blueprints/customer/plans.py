@@ -8,12 +8,12 @@ from wtforms import IntegerField
 from wtforms.validators import NumberRange, Optional
 from wtforms.widgets import NumberInput
 
+from portal import display
 from portal.blueprints.customer import bp
 from portal.extensions import htmx
 from portal.services.catalog import views as catalog_views
-from portal import display
-from portal.services.subscriptions.changes import daily_rate
 from portal.services.subscriptions import live_subscription
+from portal.services.subscriptions.changes import daily_rate
 
 #: The most units the calculator prices (a billion per period is beyond any plan here).
 MAX_UNITS = 1_000_000_000

@@ -18,9 +18,9 @@ from portal.clock import now
 from portal.extensions import htmx
 from portal.models import EntryKind, PaymentStatus
 from portal.services import payments, purchases
+from portal.services.audit import audit
 from portal.services.wallet import ledger
 from portal.services.wallet import topups
-from portal.services.audit import audit
 
 KIND_LABELS = {
     EntryKind.TOPUP: "Top-up",

@@ -13,17 +13,17 @@ from datetime import date, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import contains_eager
 
+from portal import display
 from portal.billing.entitlements import counter_window
 from portal.billing.features import FeatureType, RateWindow
 from portal.billing.money import to_minor
 from portal.billing.periods import Period
 from portal.billing.pricing import PricingModel, bands
-from portal import display
 from portal.clock import now
 from portal.extensions import db
 from portal.models import Feature, Plan, PlanFeature, PricingTier, Subscription, UsageCounter, UsageDaily
-from portal.services.usage import packages
 from portal.services.subscriptions import default_plan, live_subscription
+from portal.services.usage import packages
 from portal.services.usage import pricing_for
 
 #: How far back the history may look (DESIGN §5: N from 1 to 90).

@@ -11,10 +11,10 @@ from decimal import Decimal
 from typing import ClassVar
 
 from portal import display
+from portal.billing.entitlements import FeatureValues, PlanFeatureValues
 from portal.billing.features import FeatureType
 from portal.billing.pricing import PricingModel, build_pricing
 from portal.clock import now
-from portal.billing.entitlements import FeatureValues, PlanFeatureValues
 from portal.models import Feature, Invoice, LineKind, Payment, PlanFeature, User
 from portal.services import purchases, usage
 from portal.services.invoices import LineDraft

@@ -12,8 +12,8 @@ from portal.billing.lifecycle import Transition
 from portal.extensions import db
 from portal.models import EntryKind, Feature, Invoice, InvoiceStatus, Plan, UsageEvent
 from portal.services import usage, wallet
-from portal.services.usage import meters
 from portal.services.subscriptions import live_subscription, transition
+from portal.services.usage import meters
 from tests.conftest import add_card, authenticate_3ds
 
 DECLINING = "4000000000000341"

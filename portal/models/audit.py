@@ -22,12 +22,17 @@ class AuditLog(db.Model):
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    #: The user who did it; NULL for the system or an anonymous request (a failed login).
     actor_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
-    #: dotted verb: "plan.update", "wallet.adjust", "auth.login_failed"
+    #: Dotted verb: "auth.login_failed", "wallet.topup", "api_key.revoked".
     action: Mapped[str] = mapped_column(sa.String(64))
+    #: The target's table ("users", "payments", "api_keys"); NULL when there is none.
     target_type: Mapped[str | None] = mapped_column(sa.String(32))
+    #: The target's id, as text.
     target_id: Mapped[str | None] = mapped_column(sa.String(64))
+    #: Details of the action, a JSON object ({"email": ...} for a failed login; amounts in minor units).
     data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    #: The request's remote address (IPv4 or IPv6); NULL outside a request (jobs).
     ip: Mapped[str | None] = mapped_column(sa.String(45))
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
 
@@ -53,6 +58,7 @@ class EmailLog(db.Model):
     subject: Mapped[str] = mapped_column(sa.String(255))
     context: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     status: Mapped[EmailStatus] = mapped_column(enum_column(EmailStatus, "email_status"), default=EmailStatus.QUEUED)
+    #: Tries to send it so far.
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     #: The same notice is sent once ("renewal_reminder:12:2026-02-28").
@@ -72,12 +78,16 @@ class IdempotencyRecord(db.Model):
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    #: The client's Idempotency-Key header (or the body's event_id), unique per user.
     key: Mapped[str] = mapped_column(sa.String(200))
     #: SHA-256 of method, path and body: the same key with another body is a conflict.
     request_hash: Mapped[str] = mapped_column(sa.String(64))
+    #: HTTP status of the stored answer; 0 while the first request is still in progress.
     response_status: Mapped[int] = mapped_column(sa.Integer)
+    #: The answer's bytes, replayed as they are (empty while in progress).
     response_body: Mapped[bytes] = mapped_column(sa.LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
+    #: Kept until then (48 h after created_at); the hourly purge job deletes it afterwards.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -88,13 +98,16 @@ class OutboxMessage(db.Model):
     __table_args__ = (sa.Index("ix_outbox_pending", "enqueued_at", "id"),)
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    #: The RQ queue it is pushed to (worker.QUEUES: billing, emails, retries, default).
     queue: Mapped[str] = mapped_column(sa.String(32))
     #: Dotted path of the job function ("worker.emails.send_email").
     func: Mapped[str] = mapped_column(sa.String(128))
+    #: The job's positional arguments, a JSON list (ids and plain values, never ORM objects).
     args: Mapped[list[Any]] = mapped_column(sa.JSON, default=list)
     #: Also the RQ job id, so enqueuing the same message twice runs it once.
     job_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
     #: A dispatcher that claimed the message enqueues it before then; after, another may claim it.
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When it was pushed to RQ (UTC); NULL while pending.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -40,7 +40,7 @@ class OperationError(db.Model):
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
-    #: renewal_payment, refund, email, webhook, ...
+    #: What failed: "refund", "refund_shortfall", "dispute", "webhook", ...
     operation_type: Mapped[str] = mapped_column(sa.String(40))
     #: Classified error code (card_declined, network, authentication_required, ...).
     error_code: Mapped[str] = mapped_column(sa.String(64))
@@ -48,9 +48,14 @@ class OperationError(db.Model):
     #: Everything needed to retry and to explain it: ids, amounts, provider answers.
     context: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     strategy: Mapped[RetryStrategy] = mapped_column(enum_column(RetryStrategy, "retry_strategy"))
+    #: pending: waiting for a retry (at next_retry_at); manual: staff must act; resolved and gave_up
+    #: are closed, nothing retries them (retries.CLOSED).
     status: Mapped[ErrorStatus] = mapped_column(enum_column(ErrorStatus, "error_status"), default=ErrorStatus.PENDING)
+    #: Failed attempts at the operation so far.
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    #: Attempts allowed before automatic retrying stops (DESIGN §4).
     max_attempts: Mapped[int] = mapped_column(sa.Integer, default=5)
+    #: When the next retry is due (UTC); NULL when none is scheduled (manual or closed).
     next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     user_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
     subscription_id: Mapped[int | None] = mapped_column(sa.ForeignKey("subscriptions.id", ondelete="SET NULL"))
@@ -59,6 +64,8 @@ class OperationError(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now, onupdate=now)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The staff user who resolved it; NULL when the operation succeeded on its own (a retry,
+    #: a redelivery).
     resolved_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
 
     attempts_log: Mapped[list[RetryAttempt]] = relationship(

@@ -56,19 +56,29 @@ class Invoice(db.Model):
     #: Human-facing number, unique and gap-free per portal ("INV-000123").
     number: Mapped[str] = mapped_column(sa.String(32), unique=True)
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="RESTRICT"))
+    #: The subscription it concerns (an upgrade, a renewal, a package on a live plan); NULL when none (top-ups).
     subscription_id: Mapped[int | None] = mapped_column(sa.ForeignKey("subscriptions.id", ondelete="SET NULL"))
+    #: open: issued, awaiting payment; paid: amount_paid reached total (or nothing was due);
+    #: void: ended unpaid (a refused or cancelled purchase, its wallet part returned).
     status: Mapped[InvoiceStatus] = mapped_column(enum_column(InvoiceStatus, "invoice_status"))
-    #: Why it was issued: renewal, upgrade, package, manual.
+    #: Why it was issued, the purchase effect's reason: upgrade, renewal, package, topup, manual.
     reason: Mapped[str] = mapped_column(sa.String(32), default="manual")
     currency: Mapped[str] = mapped_column(sa.String(3))
-    #: Sum of the lines, in minor units (credits are negative lines).
+    #: Sum of the lines, in minor units of `currency` (unused-time credits are negative lines).
     total: Mapped[int] = mapped_column(MinorUnits, default=0)
+    #: Minor units paid so far, wallet and card parts together; paid in full when it reaches total.
     amount_paid: Mapped[int] = mapped_column(MinorUnits, default=0)
+    #: Start of the period it bills (an upgrade's new plan period, a package's usage window);
+    #: NULL for top-ups.
     period_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: End of that period (exclusive).
     period_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When payment is due: the time of issue (invoices are due on receipt).
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When it became paid in full (UTC).
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    #: e.g. "renewal:{subscription}:{period_start}" so a renewal invoices once.
+    #: The purchase's natural key ("upgrade:{subscription}:{form token}",
+    #: "renewal:{subscription}:{period_start}"): the same purchase is invoiced once.
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(200), unique=True)
     #: What paying it does: a typed purchase effect ({"type": "plan_change", ...}), applied once
     #: when the invoice is paid in full (portal.services.purchases.effects).
@@ -93,18 +103,28 @@ class InvoiceLine(db.Model):
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     invoice_id: Mapped[int] = mapped_column(sa.ForeignKey("invoices.id", ondelete="CASCADE"))
+    #: 1-based order of the line on its invoice.
     position: Mapped[int] = mapped_column(sa.Integer)
+    #: plan (a period's fee), proration (a prorated charge, or negative unused-time credit), package,
+    #: usage and overage (billed in arrears), credit (money into the wallet: a top-up, leftover credit).
     kind: Mapped[LineKind] = mapped_column(enum_column(LineKind, "invoice_line_kind"))
     description: Mapped[str] = mapped_column(sa.String(255))
+    #: How many are billed: packages on a package line, 1 on plan, proration and credit lines.
     quantity: Mapped[int] = mapped_column(sa.BigInteger, default=1)
     #: Exact unit price in major units, for display; the amount is what counts.
     unit_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
-    #: Rounded once, half-up, to minor units (DESIGN §3.1). Negative for credits.
+    #: Minor units of the invoice's currency, rounded once, half-up (DESIGN §3.1); negative for
+    #: unused-time credit.
     amount: Mapped[int] = mapped_column(MinorUnits)
+    #: The feature a package, usage or overage line bills; NULL for plan, proration and credit lines.
     feature_id: Mapped[int | None] = mapped_column(sa.ForeignKey("features.id", ondelete="SET NULL"))
-    #: The pricing model's per-tier breakdown, as shown on the invoice.
+    #: The pricing model's breakdown as shown on the invoice: [{"description", "units", "unit_price",
+    #: "amount"}], prices as decimal strings in major units; [] when unpriced.
     breakdown: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
+    #: Start of the time the line covers (a plan period, a prorated span, a package's window);
+    #: NULL for credit lines.
     period_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: End of that span (exclusive).
     period_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     invoice: Mapped[Invoice] = relationship(back_populates="lines")
@@ -115,5 +135,7 @@ class NumberSequence(db.Model):
 
     __tablename__ = "number_sequences"
 
+    #: The numbers' prefix ("INV").
     name: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    #: The last number issued under the prefix.
     value: Mapped[int] = mapped_column(sa.BigInteger, default=0)

@@ -42,6 +42,7 @@ class Plan(db.Model):
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    #: Stable code used in the API and URLs ("free", "premium").
     code: Mapped[str] = mapped_column(sa.String(64), unique=True)
     name: Mapped[str] = mapped_column(sa.String(120))
     description: Mapped[str] = mapped_column(sa.Text, default="")
@@ -51,12 +52,17 @@ class Plan(db.Model):
     interval_unit: Mapped[IntervalUnit] = mapped_column(
         enum_column(IntervalUnit, "interval_unit"), default=IntervalUnit.MONTH
     )
+    #: Billing period length in interval_units (30 with day: every 30 days).
     interval_count: Mapped[int] = mapped_column(sa.Integer, default=1)
+    #: Free trial length in days, 0 for none (one trial per customer when switching from Free).
     trial_days: Mapped[int] = mapped_column(sa.Integer, default=0)
+    #: Listed on the plans page and open to switch to (unless archived).
     is_public: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    #: Retired: no longer offered, nor used as the default plan.
     is_archived: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     #: The plan every customer falls back to (Free); at most one.
     is_default: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    #: Position on the plans page, ascending (ties by id).
     sort_order: Mapped[int] = mapped_column(sa.Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now, onupdate=now)
@@ -99,8 +105,9 @@ class PlanFeature(db.Model):
     unit_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
     #: USAGE and FLAT/PACKAGE: units included before charging starts.
     free_units: Mapped[int] = mapped_column(sa.Integer, default=0)
-    #: PACKAGE: units per package and the price of one package (major units).
+    #: PACKAGE: units per package (a started package is charged in full).
     package_size: Mapped[int | None] = mapped_column(sa.Integer)
+    #: PACKAGE: price of one package, in major units of the plan's currency (exact decimal).
     package_price: Mapped[Decimal | None] = mapped_column(ExactDecimal)
 
     plan: Mapped[Plan] = relationship(back_populates="features")
@@ -125,10 +132,14 @@ class PricingTier(db.Model):
     plan_feature_id: Mapped[int] = mapped_column(sa.ForeignKey("plan_features.id", ondelete="CASCADE"))
     #: 1-based order of the tier in its table.
     position: Mapped[int] = mapped_column(sa.Integer)
+    #: The tier's first unit, 1-based inclusive ([1, 100], [101, 300]) or as 0-based bounds ([0, 100],
+    #: [100, 300] covers units 101–300); the first tier's 0 or 1 says which.
     first_unit: Mapped[int] = mapped_column(sa.Integer)
     #: NULL for the open-ended last tier.
     last_unit: Mapped[int | None] = mapped_column(sa.Integer)
+    #: Price of each unit in the tier, in major units of the plan's currency (exact decimal).
     unit_price: Mapped[Decimal] = mapped_column(ExactDecimal)
+    #: Major units added once: TIERED when any unit reaches the tier, VOLUME when the total lands in it.
     flat_fee: Mapped[Decimal] = mapped_column(ExactDecimal, default=Decimal(0))
 
     plan_feature: Mapped[PlanFeature] = relationship(back_populates="tiers")

@@ -37,14 +37,20 @@ class Subscription(db.Model):
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
     plan_id: Mapped[int] = mapped_column(sa.ForeignKey("plans.id", ondelete="RESTRICT"))
+    #: trialing, active, past_due (live) or canceled, expired; changed only through the transition
+    #: table of portal.billing.lifecycle (services.subscriptions.transition).
     status: Mapped[SubscriptionStatus] = mapped_column(enum_column(SubscriptionStatus, "subscription_status"))
     #: Periods are counted from this instant (DESIGN §3.5: calendar periods from an anchor).
     billing_anchor: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Start of the period being served (inclusive); while trialing, of the trial.
     current_period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: End of that period (exclusive), when it is due to renew; while trialing, equals trial_end.
     current_period_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: End of the free trial it had, if any (set at sign-up or by a plan trial).
     trial_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: Cancel (back to the default plan) when the current period ends; undoable until then.
     cancel_at_period_end: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    #: The reason the customer gave with cancel_at_period_end; cleared when that is undone.
     cancel_reason: Mapped[str | None] = mapped_column(sa.Text)
     #: A downgrade waiting for the period end.
     scheduled_plan_id: Mapped[int | None] = mapped_column(sa.ForeignKey("plans.id", ondelete="SET NULL"))
@@ -73,8 +79,10 @@ class SubscriptionEvent(db.Model):
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     subscription_id: Mapped[int] = mapped_column(sa.ForeignKey("subscriptions.id", ondelete="CASCADE"))
-    #: The transition name from portal.billing.lifecycle (activate, renew, cancel, ...).
+    #: A Transition value of portal.billing.lifecycle (activate, renew, cancel, ...), or a note that
+    #: keeps the status (schedule_downgrade, schedule_cancel, undo_scheduled_change).
     transition: Mapped[str] = mapped_column(sa.String(32))
+    #: NULL for the event that created the subscription.
     from_status: Mapped[SubscriptionStatus | None] = mapped_column(
         enum_column(SubscriptionStatus, "subscription_event_from")
     )
@@ -82,6 +90,8 @@ class SubscriptionEvent(db.Model):
     reason: Mapped[str] = mapped_column(sa.Text, default="")
     #: The user who caused it; NULL for the system (jobs).
     actor_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
+    #: Details, a JSON object: {"plan": code} at the start, {"from_plan_id", "plan_id", "invoice"}
+    #: on a plan change.
     data: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
 

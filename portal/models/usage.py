@@ -29,8 +29,12 @@ class UsageCounter(db.Model):
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
     feature_id: Mapped[int] = mapped_column(sa.ForeignKey("features.id", ondelete="CASCADE"))
+    #: Start of the counted window: the billing period (calendar months without a live subscription)
+    #: or, for RATE, the fixed UTC minute, hour or day.
     window_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: End of the window (exclusive): when the count resets.
     window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Units accepted in the window, the prepaid (bonus) units spent among them.
     used: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     #: Prepaid units bought as packages in this window; they raise the allowance.
     bonus: Mapped[int] = mapped_column(sa.BigInteger, default=0)
@@ -51,11 +55,15 @@ class UsageEvent(db.Model):
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
     feature_id: Mapped[int] = mapped_column(sa.ForeignKey("features.id", ondelete="CASCADE"))
+    #: The live subscription at the time; NULL when the customer had none (default plan).
     subscription_id: Mapped[int | None] = mapped_column(sa.ForeignKey("subscriptions.id", ondelete="SET NULL"))
+    #: Units used, in the feature's unit_name.
     quantity: Mapped[int] = mapped_column(sa.BigInteger)
+    #: The client's Idempotency-Key header or event_id; NULL when neither was sent.
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(200))
     #: "api", "portal", "staff"
     source: Mapped[str] = mapped_column(sa.String(16), default="api")
+    #: When it was recorded, by the server's billing clock (UTC); clients cannot set it.
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
 
 
@@ -71,5 +79,7 @@ class UsageDaily(db.Model):
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
     feature_id: Mapped[int] = mapped_column(sa.ForeignKey("features.id", ondelete="CASCADE"))
+    #: The UTC calendar day.
     day: Mapped[date] = mapped_column(sa.Date)
+    #: Units used that day: the sum of the day's accepted events.
     quantity: Mapped[int] = mapped_column(sa.BigInteger, default=0)

@@ -33,14 +33,19 @@ class User(UserMixin, db.Model):
     name: Mapped[str] = mapped_column(sa.String(120), default="")
     #: Argon2id hash (argon2-cffi's encoded form).
     password_hash: Mapped[str] = mapped_column(sa.String(255))
+    #: customer, or staff: support and admin (is_staff opens /staff/); only customers start
+    #: on the default plan at sign-up.
     role: Mapped[Role] = mapped_column(enum_column(Role, "role"), default=Role.CUSTOMER)
     #: Rotated on logout and password change, which ends every other session.
     session_token: Mapped[str] = mapped_column(sa.String(64), default=new_session_token)
+    #: False disables the account: Flask-Login refuses its sessions and its API keys stop working.
     is_active_account: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     #: The Stripe customer, created on first payment need.
     stripe_customer_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    #: ISO 4217 code the customer's wallet is opened in (DEFAULT_CURRENCY at sign-up).
     currency: Mapped[str] = mapped_column(sa.String(3), default="USD")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
+    #: Last successful password login (UTC); API key use does not count.
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="user", lazy="raise_on_sql")
@@ -77,6 +82,7 @@ class ApiKey(db.Model):
     #: SHA-256 of the whole key; the key itself is shown once and never stored.
     key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
+    #: Last API call with the key (UTC), written at most once a minute; NULL if never used.
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

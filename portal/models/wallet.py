@@ -26,8 +26,10 @@ class Wallet(db.Model):
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), unique=True)
+    #: ISO 4217 code of the balance; the wallet pays only invoices in this currency.
     currency: Mapped[str] = mapped_column(sa.String(3), default="USD")
-    #: Always equal to the sum of the entries; changed only beside a new entry, by a guarded update.
+    #: Minor units of `currency`; always equal to the sum of the entries, changed only beside a new
+    #: entry, by a guarded update.
     balance: Mapped[int] = mapped_column(MinorUnits, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
@@ -52,14 +54,16 @@ class WalletEntry(db.Model):
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     wallet_id: Mapped[int] = mapped_column(sa.ForeignKey("wallets.id", ondelete="RESTRICT"))
     kind: Mapped[EntryKind] = mapped_column(enum_column(EntryKind, "wallet_entry_kind"))
-    #: Signed minor units: positive adds to the balance, negative takes from it.
+    #: Signed minor units of `currency`: positive adds to the balance, negative takes from it.
     amount: Mapped[int] = mapped_column(MinorUnits)
     currency: Mapped[str] = mapped_column(sa.String(3))
+    #: The wallet's balance just after this entry, in minor units.
     balance_after: Mapped[int] = mapped_column(MinorUnits)
+    #: Shown to the customer as the entry's description ("Payment of INV-000012").
     reason: Mapped[str] = mapped_column(sa.String(255))
     #: Who moved the money; NULL for the system.
     actor_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
-    #: What it pays or refunds ("invoice:INV-0001", "payment:42").
+    #: What it belongs to: "invoice:INV-000012" (paid or returned), "payment:42" (a card top-up or its refund).
     reference: Mapped[str | None] = mapped_column(sa.String(64))
     #: Natural key of the movement; the same movement cannot be recorded twice.
     idempotency_key: Mapped[str] = mapped_column(sa.String(200), unique=True)

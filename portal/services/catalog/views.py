@@ -58,6 +58,14 @@ _KIND = {
 }
 
 
+def _period(plan: Plan) -> str:
+    return display.interval(plan.interval_unit.value, plan.interval_count)
+
+
+def _price(plan: Plan) -> str:
+    return display.price_per_period(plan.price_amount, plan.currency, plan.interval_unit.value, plan.interval_count)
+
+
 def public_plans() -> list[Plan]:
     """Every public, non-archived plan with its features and tiers, in catalogue order."""
     return list(db.session.scalars(
@@ -116,7 +124,7 @@ def feature_term(pf: PlanFeature, plan: Plan) -> FeatureTerm:
     if feature.type is FeatureType.RATE:
         summary = "Unlimited" if pf.limit is None else f"{pf.limit:,} per {pf.window.value}"
         return FeatureTerm(feature.code, feature.name, kind, summary)
-    summary = "Unlimited" if pf.limit is None else f"{pf.limit:,} per {display.interval(plan.interval_unit.value, plan.interval_count)}"
+    summary = "Unlimited" if pf.limit is None else f"{pf.limit:,} per {_period(plan)}"
     note = ""
     if pf.pricing_model is not None and pf.limit is not None:
         price = pricing_phrase(pf, currency)
@@ -141,7 +149,7 @@ def plan_terms(plan: Plan) -> PlanTerms:
         else:
             kind, included, pricing = "usage", pf.limit, None
         allowances.append(Allowance(feature.code, feature.name, feature.unit_name, pf.enabled, included, pricing, kind))
-    return PlanTerms(plan.code, plan.name, plan.price_amount, plan.currency, display.interval(plan.interval_unit.value, plan.interval_count), tuple(allowances))
+    return PlanTerms(plan.code, plan.name, plan.price_amount, plan.currency, _period(plan), tuple(allowances))
 
 
 def plan_cards(plans: Iterable[Plan]) -> list[PlanCard]:
@@ -149,7 +157,7 @@ def plan_cards(plans: Iterable[Plan]) -> list[PlanCard]:
     for plan in plans:
         trial = f"{plan.trial_days}-day free trial" if plan.trial_days else None
         features = tuple(feature_term(pf, plan) for pf in plan.features)
-        cards.append(PlanCard(plan, display.price_per_period(plan.price_amount, plan.currency, plan.interval_unit.value, plan.interval_count), display.interval(plan.interval_unit.value, plan.interval_count), trial, features, plan_terms(plan),
+        cards.append(PlanCard(plan, _price(plan), _period(plan), trial, features, plan_terms(plan),
                               daily_rate(plan)))
     return cards
 

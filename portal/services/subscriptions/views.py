@@ -46,12 +46,11 @@ def next_invoice(sub: Subscription) -> NextInvoice:
     if codes:
         feature_ids = {pf.feature.code: pf.feature_id for pf in plan.features}
         codes_by_id = {feature_ids[code]: code for code in codes}
-        counted = {
-            codes_by_id[c.feature_id]: Counted(c.used, c.bonus) for c in db.session.scalars(sa.select(UsageCounter).where(
-                UsageCounter.user_id == sub.user_id, UsageCounter.feature_id.in_(codes_by_id),
-                UsageCounter.window_start == sub.current_period_start,
-            ))
-        }
+        counters = db.session.scalars(sa.select(UsageCounter).where(
+            UsageCounter.user_id == sub.user_id, UsageCounter.feature_id.in_(codes_by_id),
+            UsageCounter.window_start == sub.current_period_start,
+        ))
+        counted = {codes_by_id[c.feature_id]: Counted(c.used, c.bonus) for c in counters}
     upcoming = next_plan(sub)
     return NextInvoice(sub.current_period_end, upcoming, upcoming.price_amount, usage_lines(terms, counted),
                        plan.currency)

@@ -273,7 +273,8 @@ def price_sheet(pf: PlanFeature, currency: str) -> list[str]:
     sheet = []
     for band in bands(pf.tiers):
         fee = f" + {display.unit_money(band.flat_fee, currency)} flat" if band.flat_fee else ""
-        sheet.append(f"{display.tier_span(band)} {many}: {display.unit_money(band.unit_price, currency)} per {unit}{fee}")
+        price = display.unit_money(band.unit_price, currency)
+        sheet.append(f"{display.tier_span(band)} {many}: {price} per {unit}{fee}")
     if model is PricingModel.VOLUME:
         sheet.append(f"Every {unit} is priced at the tier your total reaches.")
     else:

@@ -58,10 +58,17 @@ def enqueue_after_commit(func: str, *args: Any, queue_name: str = "default", job
 
 
 def _after_rollback(session: Session, previous_transaction) -> None:
-    session.info.pop(_PENDING, None)
+    # A savepoint rolled back: its messages are gone with it (dispatch finds no row for their ids),
+    # the transaction's earlier ones still wait for its commit.
+    if not previous_transaction.nested:
+        session.info.pop(_PENDING, None)
 
 
 def _after_commit(session: Session) -> None:
+    # SQLAlchemy signals a savepoint's release as a commit too: the transaction around it may still
+    # roll back (and, on SQLite, holds the write lock the dispatcher needs). Only the outermost commit sends.
+    if session.in_nested_transaction():
+        return
     ids = session.info.pop(_PENDING, None)
     if not ids:
         return

@@ -92,3 +92,20 @@ def test_a_claim_left_by_a_dead_dispatcher_lapses_and_the_sweep_sends_it(app, re
     clock.advance(seconds=61)
     assert outbox.dispatch_pending() == 1
     assert Queue("default", connection=redis_conn).job_ids == ["j-dead"]
+
+
+def test_a_savepoint_released_inside_a_transaction_enqueues_nothing_yet(app, redis_server, redis_conn):
+    """SQLAlchemy reports a savepoint's release as a commit; the job must still wait for the real one
+    (the transaction may roll back, and on SQLite the dispatcher would wait for this very lock)."""
+    app.config["REDIS_URL"] = redis_server.url
+    app.extensions["redis"] = None
+    with db.session.begin_nested():
+        outbox.enqueue_after_commit("worker.maintenance.purge_expired", job_id="j-inner")
+    assert not Job.exists("j-inner", connection=redis_conn)
+    db.session.rollback()
+    db.session.commit()
+    assert not Job.exists("j-inner", connection=redis_conn)  # rolled back with its transaction: never sent
+    with db.session.begin_nested():
+        outbox.enqueue_after_commit("worker.maintenance.purge_expired", job_id="j-kept")
+    db.session.commit()
+    assert Job.exists("j-kept", connection=redis_conn)

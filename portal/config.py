@@ -67,6 +67,8 @@ def load_config(env: dict[str, str] | None = None, instance_path: str | None = N
         # Card payments still open (pending, or waiting for 3-D Secure) after this many minutes are
         # reconciled with Stripe by a periodic job: settled, failed, or cancelled and released.
         "PAYMENT_RECONCILE_AFTER_MINUTES": _int(env.get("PAYMENT_RECONCILE_AFTER_MINUTES"), 30),
+        # A payment still waiting for the customer's bank (3-D Secure) this long gets one email with the link.
+        "PAYMENT_AUTH_REMINDER_MINUTES": _int(env.get("PAYMENT_AUTH_REMINDER_MINUTES"), 10),
         # Mail
         "MAIL_SERVER": env.get("MAIL_SERVER", "127.0.0.1"),
         "MAIL_PORT": _int(env.get("MAIL_PORT"), 8025),
@@ -76,6 +78,14 @@ def load_config(env: dict[str, str] | None = None, instance_path: str | None = N
         "MAIL_PASSWORD": env.get("MAIL_PASSWORD") or None,
         "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER", "Subscription Portal <billing@portal.test>"),
         "STAFF_ALERT_EMAIL": env.get("STAFF_ALERT_EMAIL", "ops@portal.test"),
+        # Seconds an SMTP connection may take (Flask-Mail sets none).
+        "MAIL_TIMEOUT": float(env.get("MAIL_TIMEOUT") or 10),
+        # Minutes to wait before each retry of an email that failed; one more try than delays in all.
+        "EMAIL_RETRY_MINUTES": env.get("EMAIL_RETRY_MINUTES", "1,5,15,60"),
+        # A sender holds an email this long while sending it; after that another may take it over once.
+        "EMAIL_CLAIM_SECONDS": _int(env.get("EMAIL_CLAIM_SECONDS"), 600),
+        # Where the portal is reached: links in emails are absolute to it.
+        "PORTAL_BASE_URL": env.get("PORTAL_BASE_URL", "http://127.0.0.1:5000"),
         # Password hashing cost (tests lower it; production keeps argon2's defaults)
         "ARGON2_TIME_COST": _int(env.get("ARGON2_TIME_COST"), 3),
         "ARGON2_MEMORY_COST": _int(env.get("ARGON2_MEMORY_COST"), 65536),

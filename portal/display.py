@@ -7,7 +7,7 @@ Plain functions with no database: the locale is the app's DEFAULT_LOCALE when an
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from babel.numbers import format_currency
@@ -15,8 +15,8 @@ from babel.numbers import format_currency
 from portal.billing.money import format_money
 from portal.billing.pricing import Band
 
-__all__ = ["interval", "locale", "money", "plural", "price_per_period", "tier_span", "time_until", "unit_money",
-           "units"]
+__all__ = ["interval", "locale", "moment", "money", "plural", "price_per_period", "tier_span", "time_until",
+           "unit_money", "units"]
 
 
 def locale() -> str:
@@ -62,6 +62,11 @@ def price_per_period(minor: int, currency: str, unit: str, count: int = 1) -> st
 def tier_span(band: Band) -> str:
     """The units a tier covers (pricing.bands normalises either numbering): "1–10,000", "100,001 and up"."""
     return f"{band.first:,} and up" if band.last is None else f"{band.first:,}–{band.last:,}"
+
+
+def moment(value: datetime) -> str:
+    """An instant with its zone, as emails show it: "28 Feb 2026, 09:00 UTC", "28 Feb 2026, 10:00 CET"."""
+    return value.strftime("%d %b %Y, %H:%M %Z").strip()
 
 
 def time_until(delta: timedelta) -> str:

@@ -37,7 +37,7 @@ def day(value: datetime | None) -> str:
 
 
 def register(app: Flask) -> None:
-    app.jinja_env.filters.update(money=money, when=when, day=day)
+    app.jinja_env.filters.update(money=money, when=when, day=day, moment=display.moment)
 
     @app.context_processor
     def navigation():

@@ -92,3 +92,17 @@ def test_0004_moves_purchases_onto_their_invoices_and_balances_negative_ones(emp
     assert as_dict == {"INV-000001": {"type": "plan_change", "plan_id": 2}, "INV-000002": {}}
     assert totals == {"INV-000001": 999, "INV-000002": 0}
     assert [tuple(line) for line in lines] == [("proration", -1449), ("plan", 999), ("credit", 450)]
+
+
+def test_every_migration_downgrades_and_upgrades_again(empty_database, tmp_path):
+    from flask_migrate import downgrade, upgrade
+
+    app = create_app(base_config(empty_database, tmp_path))
+    with app.app_context():
+        upgrade()
+        downgrade(revision="0003")
+        upgrade()
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), db.metadata)
+        db.engine.dispose()
+    assert diff == []

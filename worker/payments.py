@@ -25,10 +25,12 @@ def detach_card(stripe_payment_method_id: str) -> None:
 
 @job("billing")
 def reconcile_payments() -> dict[str, int]:
-    """Settle, fail or cancel card payments open longer than PAYMENT_RECONCILE_AFTER_MINUTES."""
+    """Remind customers of a payment waiting at their bank (PAYMENT_AUTH_REMINDER_MINUTES), then settle,
+    fail or cancel card payments open longer than PAYMENT_RECONCILE_AFTER_MINUTES."""
     from flask import current_app
 
     from portal.services import purchases
 
-    minutes = current_app.config["PAYMENT_RECONCILE_AFTER_MINUTES"]
-    return purchases.reconcile_open_payments(older_than=timedelta(minutes=minutes))
+    cfg = current_app.config
+    return purchases.reconcile_open_payments(older_than=timedelta(minutes=cfg["PAYMENT_RECONCILE_AFTER_MINUTES"]),
+                                             remind_after=timedelta(minutes=cfg["PAYMENT_AUTH_REMINDER_MINUTES"]))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from rq import cron
 
-from worker import maintenance, payments
+from worker import emails, maintenance, payments
 
 #: Each entry is keyword arguments for `rq.cron.register`; the queue is the job's own.
 PERIODIC_JOBS: list[dict] = [
     # Push outbox messages an after-commit dispatch missed (Redis was down, a process died).
     {"func": maintenance.sweep_outbox, "cron": "* * * * *", "job_timeout": 120, "result_ttl": 300},
+    # Emails due: retries after an SMTP failure, sends whose enqueue was lost, claims that lapsed.
+    {"func": emails.send_due, "cron": "* * * * *", "job_timeout": 600, "result_ttl": 300},
     # Card payments left open (a crash, a lost answer, an abandoned 3-D Secure): settle, fail or cancel.
     {"func": payments.reconcile_payments, "cron": "*/5 * * * *", "job_timeout": 600},
     # Idempotency records past expiry, RATE counters of long-closed windows.

@@ -80,17 +80,17 @@ def downgrade():
                             postgresql_where=sa.text('is_default'))
 
     with op.batch_alter_table('wallet_entries', schema=None) as batch_op:
-        batch_op.drop_constraint('ck_wallet_entries_kind_agrees_with_sign', type_='check')
+        batch_op.drop_constraint(op.f('ck_wallet_entries_kind_agrees_with_sign'), type_='check')
 
     with op.batch_alter_table('payments', schema=None) as batch_op:
         batch_op.drop_index('uq_payments_open_card_per_invoice', sqlite_where=sa.text(_OPEN_CARD),
                             postgresql_where=sa.text(_OPEN_CARD))
-        batch_op.drop_constraint('ck_payments_amount_refunded_within_amount', type_='check')
+        batch_op.drop_constraint(op.f('ck_payments_amount_refunded_within_amount'), type_='check')
         batch_op.drop_constraint(batch_op.f('uq_payments_stripe_idempotency_key'), type_='unique')
         batch_op.drop_column('stripe_idempotency_key')
 
     with op.batch_alter_table('invoices', schema=None) as batch_op:
         batch_op.drop_index('uq_invoices_open_purchase', sqlite_where=sa.text(_ONE_OPEN),
                             postgresql_where=sa.text(_ONE_OPEN))
-        batch_op.drop_constraint('ck_invoices_amount_paid_within_total', type_='check')
+        batch_op.drop_constraint(op.f('ck_invoices_amount_paid_within_total'), type_='check')
         batch_op.drop_column('purchase')

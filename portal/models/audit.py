@@ -38,9 +38,10 @@ class AuditLog(db.Model):
 
 
 class EmailStatus(str, enum.Enum):
-    QUEUED = "queued"
-    SENT = "sent"
-    FAILED = "failed"
+    QUEUED = "queued"  #: waiting for its first try
+    SENDING = "sending"  #: claimed by a sender until claimed_until
+    SENT = "sent"  #: the SMTP server accepted it
+    FAILED = "failed"  #: the last try failed; tried again at next_attempt_at, or never (NULL)
 
 
 class EmailLog(db.Model):
@@ -48,6 +49,8 @@ class EmailLog(db.Model):
     __table_args__ = (
         sa.Index("ix_email_log_user_created", "user_id", "created_at"),
         sa.Index("ix_email_log_status_created", "status", "created_at"),
+        # The sender's sweep: what is due now (queued, failed with a retry, claims that lapsed).
+        sa.Index("ix_email_log_status_next_attempt", "status", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
@@ -61,6 +64,15 @@ class EmailLog(db.Model):
     #: Tries to send it so far.
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(sa.Text)
+    #: When it is (next) due to be sent: its queueing time, then each retry's; NULL once sent or given up.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: A sender that claimed it (status sending) has until then; after, the sweep may take it over once.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: A claim lapsed once already (a sender died, perhaps after the SMTP server accepted it): it is
+    #: not sent a third time, so a crash costs at most one duplicate.
+    interrupted: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    #: The Message-ID header, the same on every try (mail clients fold a duplicate by it).
+    message_id: Mapped[str | None] = mapped_column(sa.String(255))
     #: The same notice is sent once ("renewal_reminder:12:2026-02-28").
     idempotency_key: Mapped[str] = mapped_column(sa.String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)

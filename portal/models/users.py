@@ -44,6 +44,11 @@ class User(UserMixin, db.Model):
     stripe_customer_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
     #: ISO 4217 code the customer's wallet is opened in (DEFAULT_CURRENCY at sign-up).
     currency: Mapped[str] = mapped_column(sa.String(3), default="USD")
+    #: IANA time zone the customer's emails show dates in ("Europe/Paris"); NULL = UTC.
+    timezone: Mapped[str | None] = mapped_column(sa.String(64))
+    #: Whether the customer wants the emails at 80 % and 100 % of a quota (lifecycle and receipt
+    #: emails are not optional).
+    usage_emails: Mapped[bool] = mapped_column(sa.Boolean, default=True, server_default=sa.true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
     #: Last successful password login (UTC); API key use does not count.
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -133,3 +133,11 @@ def end_other_sessions(user: User) -> None:
     """Rotate the session token: every session holding the old one is logged out."""
     user.session_token = new_session_token()
     db.session.flush()
+
+
+def update_settings(user: User, *, name: str, timezone: str | None, usage_emails: bool) -> None:
+    """The customer's own settings (validated by the form: the time zone is an IANA name or None)."""
+    user.name = name[:120]
+    user.timezone = timezone
+    user.usage_emails = usage_emails
+    db.session.flush()

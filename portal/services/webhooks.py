@@ -173,7 +173,9 @@ def _on_charge_refunded(charge: Mapping[str, Any]) -> bool:
                                 .with_for_update().execution_options(populate_existing=True))
     if payment is None:
         return False
-    payments.raise_refunded_to(payment, refunded)
+    increase = payments.raise_refunded_to(payment, refunded)
+    if increase:
+        purchases.notify_refund(payment, increase)
     if payment.purpose is PaymentPurpose.TOPUP:
         _take_back_topup(payment, min(refunded, payment.amount))
     return True

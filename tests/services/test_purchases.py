@@ -121,7 +121,7 @@ def test_a_late_settlement_after_the_subscription_moved_on_is_refunded_not_appli
     assert outcome.status == "refunded"
     sub = _sub(alice)
     assert sub.plan.code == "business" and sub.current_period_start == period_before  # not moved back
-    assert run_outbox_jobs() == ["worker.payments.refund_payment"]
+    assert run_outbox_jobs() == ["worker.payments.refund_payment", "worker.emails.send_email"]  # and its email
     payment = db.session.get(Payment, first.payment.id)
     assert payment.status is PaymentStatus.REFUNDED and payment.amount_refunded == 999
     assert refunded_at_stripe(payment.stripe_payment_intent_id) == 999

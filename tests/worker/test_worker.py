@@ -178,11 +178,13 @@ def test_schedule_declares_the_periodic_jobs():
     jobs = {cron_job.func_name: cron_job for cron_job in scheduler.get_jobs()}
 
     assert set(jobs) == {"worker.maintenance.sweep_outbox", "worker.maintenance.purge_expired",
-                         "worker.payments.reconcile_payments"}
+                         "worker.payments.reconcile_payments", "worker.emails.send_due"}
     sweep = jobs["worker.maintenance.sweep_outbox"]
     assert sweep.queue_name == "default" and sweep.interval is None
     assert _fire_gaps(sweep.cron) == {60.0}
     assert _fire_gaps(jobs["worker.maintenance.purge_expired"].cron) == {3600.0}
+    emails = jobs["worker.emails.send_due"]
+    assert emails.queue_name == "emails" and _fire_gaps(emails.cron) == {60.0}
     reconcile = jobs["worker.payments.reconcile_payments"]
     assert reconcile.queue_name == "billing" and _fire_gaps(reconcile.cron) == {300.0}
 

@@ -5,6 +5,7 @@ bp = Blueprint("customer", __name__)
 
 # Importing the page modules registers their views on `bp`.
 from portal.blueprints.customer import (  # noqa: E402,F401
+    account,
     api_keys,
     invoices,
     payment_methods,

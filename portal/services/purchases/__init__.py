@@ -9,6 +9,7 @@ from portal.services.purchases.bank import (
     client_secret,
     confirm,
     execute_refund,
+    notify_refund,
     reconcile,
     reconcile_open_payments,
 )
@@ -27,6 +28,6 @@ from portal.services.purchases.flow import (
 
 __all__ = [
     "Effect", "Outcome", "PurchaseInProgress", "Stale", "apply_intent", "buy", "cancel", "cancel_purchase",
-    "client_secret", "confirm", "execute_refund", "fail", "give_back", "outcome_of", "reconcile",
+    "client_secret", "confirm", "execute_refund", "fail", "notify_refund", "give_back", "outcome_of", "reconcile",
     "reconcile_open_payments", "register", "release", "resume", "settle",
 ]

@@ -16,7 +16,7 @@ from portal.extensions import db
 from portal.models import Invoice, InvoiceStatus, Payment, PaymentStatus, Refund, RefundStatus
 from portal.payments import gateway
 from portal.payments.errors import PaymentError, from_intent
-from portal.services import payments, retries
+from portal.services import notifications, payments, retries
 from portal.services.purchases import effects
 from portal.services.purchases.flow import (
     Outcome,
@@ -133,11 +133,15 @@ def reconcile(payment: Payment) -> str:
     return done
 
 
-def reconcile_open_payments(*, older_than: timedelta, limit: int = 200) -> dict[str, int]:
+def reconcile_open_payments(*, older_than: timedelta, remind_after: timedelta | None = None,
+                            limit: int = 200) -> dict[str, int]:
     """The periodic job's work: every card payment open for longer than `older_than`, and every purchase
-    invoice left open with nothing in flight, brought to an end. Each in its own savepoint."""
+    invoice left open with nothing in flight, brought to an end. Each in its own savepoint. Before that,
+    a payment waiting for the customer's bank for `remind_after` gets one email with the link."""
     cutoff = now() - older_than
     counts: dict[str, int] = {}
+    if remind_after is not None:
+        counts.update(_remind_to_authenticate(now() - remind_after, cutoff, limit))
     stuck = db.session.scalars(
         sa.select(Payment).where(Payment.provider == "stripe", Payment.status.in_(payments.OPEN_STATUSES),
                                  Payment.created_at < cutoff).order_by(Payment.id).limit(limit)
@@ -155,6 +159,25 @@ def reconcile_open_payments(*, older_than: timedelta, limit: int = 200) -> dict[
             release(invoice, "not completed")
         counts["released"] = counts.get("released", 0) + 1
     return counts
+
+
+def _remind_to_authenticate(since, cutoff, limit: int) -> dict[str, int]:
+    """Payments left at the bank's check (3-D Secure) since before `since`, not yet old enough to be
+    cancelled: the customer gets the link once (they may have closed the page)."""
+    waiting = db.session.scalars(
+        sa.select(Payment).where(Payment.provider == "stripe", Payment.status == PaymentStatus.REQUIRES_ACTION,
+                                 Payment.created_at < since, Payment.created_at >= cutoff)
+        .order_by(Payment.id).limit(limit)
+    ).all()
+    sent = 0
+    for payment in waiting:
+        invoice = db.session.get(Invoice, payment.invoice_id) if payment.invoice_id else None
+        what = effects.load(invoice.purchase).describe() if invoice is not None else "your purchase"
+        if notifications.notify(payment.user_id, "payment_needs_authentication", {
+            "amount": payment.amount, "currency": payment.currency, "what": what, "payment_id": payment.id,
+        }, key=f"needs_authentication:{payment.id}") is not None:
+            sent += 1
+    return {"reminded": sent} if sent else {}
 
 
 def _orphan_invoices(cutoff, limit: int) -> list[Invoice]:
@@ -187,4 +210,15 @@ def execute_refund(refund_id: int) -> bool:
         return False
     if done and refund.status is RefundStatus.SUCCEEDED:
         retries.resolve(refund_error_key(refund))
+        notify_refund(db.session.get(Payment, refund.payment_id), refund.amount)
     return done
+
+
+def notify_refund(payment: Payment, amount: int) -> None:
+    """Tell the customer money went back to their card. Keyed by the payment's refunded total, so the
+    refund job and Stripe's charge.refunded event about the same refund send one email."""
+    invoice = db.session.get(Invoice, payment.invoice_id) if payment.invoice_id else None
+    notifications.notify(payment.user_id, "refund_issued", {
+        "amount": amount, "currency": payment.currency, "to": "your card",
+        "what": invoice.number if invoice is not None else payment.description,
+    }, key=f"refund_issued:{payment.id}:{payment.amount_refunded}")

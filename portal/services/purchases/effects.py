@@ -54,6 +54,12 @@ class Effect:
         """A few words for the payment pages ("your plan upgrade")."""
         return "your purchase"
 
+    def receipt(self, invoice: Invoice, payment: Payment | None) -> tuple[str, dict[str, Any]]:
+        """The email that says it is paid: (kind, context); an invoice receipt unless a kind says more."""
+        what = invoice.lines[0].description if invoice.lines else invoice.number
+        return "invoice_paid", {"invoice": invoice.number, "amount": invoice.total, "currency": invoice.currency,
+                                "what": what, "paid_at": invoice.paid_at}
+
     def card_description(self, invoice: Invoice) -> str:
         """The card payment's description (shown on the invoice and the payment pages)."""
         return f"Card → {invoice.number}"

@@ -36,7 +36,7 @@ from portal.models import (
     User,
 )
 from portal.payments.errors import PaymentError
-from portal.services import invoices, outbox, payments, retries, wallet
+from portal.services import invoices, notifications, outbox, payments, retries, wallet
 from portal.services.invoices import LineDraft
 from portal.services.purchases import effects
 from portal.services.purchases.effects import Effect
@@ -142,12 +142,12 @@ def _pay(user: User, invoice: Invoice, effect: Effect, *, off_session: bool) -> 
         release(invoice, str(stale))
         return Outcome("failed", invoice, error=_refusal("stale", str(stale)))
     if invoices.mark_paid_if_nothing_due(invoice):
-        effect.apply(invoice, None)
+        _deliver(invoice, effect, None)
         return Outcome("paid", invoice)
     if effect.wallet_pays:
         wallet_part = _pay_from_wallet(invoice)
         if invoice.status is InvoiceStatus.PAID:
-            effect.apply(invoice, wallet_part)
+            _deliver(invoice, effect, wallet_part)
             return Outcome("paid", invoice, wallet_part)
     method = payments.default_method(user.id)
     if method is None:
@@ -231,10 +231,17 @@ def settle(payment: Payment) -> str:
             problem = f"{invoice.number} owes less than this payment"
         else:
             if paid:
-                effect.apply(invoice, payment)
+                _deliver(invoice, effect, payment)
             return "settled"
     give_back(payment, invoice, problem)
     return "refunded"
+
+
+def _deliver(invoice: Invoice, effect: Effect, payment: Payment | None) -> None:
+    """The invoice is paid in full: apply what was bought, once, and send its receipt."""
+    effect.apply(invoice, payment)
+    kind, context = effect.receipt(invoice, payment)
+    notifications.notify(invoice.user_id, kind, context, key=f"receipt:{invoice.number}")
 
 
 def _not_applicable(invoice: Invoice, effect: Effect) -> str | None:

@@ -207,6 +207,11 @@ class PlanChange(purchases.Effect):
     def describe(self) -> str:
         return "your plan upgrade"
 
+    def receipt(self, invoice: Invoice, payment: Payment | None) -> tuple[str, dict[str, Any]]:
+        plan = db.session.get(Plan, self.plan_id)
+        return "subscription_activated", {"plan": plan.name, "amount": invoice.total, "currency": invoice.currency,
+                                          "invoice": invoice.number, "period_end": self.period_end}
+
     def check(self, invoice: Invoice) -> None:
         sub = subscriptions.lock(self.subscription_id)
         if sub is None or sub.plan_id != self.from_plan_id:

@@ -11,11 +11,13 @@ cost several times more Python than the database work. Nothing is cached between
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from portal import display
 from portal.billing.entitlements import (
     Entitlement, FeatureValues, PlanFeatureValues, PlanValues, SubscriptionValues, UsageResult, decide, plan_refusal,
     pricing_of, unbounded,
@@ -26,6 +28,7 @@ from portal.billing.pricing import Pricing, PricingModel
 from portal.clock import now
 from portal.extensions import db
 from portal.models import Feature, PlanFeature, UsageCounter
+from portal.services import notifications
 from portal.services.statements import connection
 from portal.services.subscriptions import NoDefaultPlan
 from portal.services.usage import sql as usage_sql
@@ -181,7 +184,34 @@ def record(
     used, bonus, logged_id = taken
     result = _decide(ent, quantity, used, bonus, window, at, would_add=False)
     result.event_id = event_id if event_id is not None else logged_id
+    if ent.feature.type is FeatureType.QUOTA and ent.limit:
+        crossed = thresholds_crossed(used - quantity, used, ent.limit + bonus)
+        if crossed:  # rare: only then does the record do more than its statements
+            _notify_threshold(user_id, ent, crossed, used, ent.limit + bonus, window)
     return result
+
+
+#: Shares of a QUOTA's allowance that are worth an email, once per feature and period.
+THRESHOLDS = (80, 100)
+
+
+def thresholds_crossed(before: int, after: int, allowance: int) -> int | None:
+    """The highest share of `allowance` a use from `before` to `after` units crossed, or None.
+
+    Both at once (a big use, or an allowance so small that 80 % rounds up to all of it) is one
+    email, the higher one.
+    """
+    crossed = [pct for pct in THRESHOLDS if before < math.ceil(allowance * pct / 100) <= after]
+    return max(crossed) if crossed else None
+
+
+def _notify_threshold(user_id: int, ent: Entitlement, percent: int, used: int, allowance: int,
+                      window: Period) -> None:
+    kind = "usage_limit_reached" if percent == 100 else "usage_warning"
+    notifications.notify(user_id, kind, {
+        "feature": ent.feature.name, "percent": percent, "used": used, "limit": allowance,
+        "unit": display.plural(ent.feature.unit_name, allowance), "resets_at": window.end,
+    }, key=f"usage_{percent}:{user_id}:{ent.feature.id}:{window.start.isoformat()}")
 
 
 def _take_and_log(

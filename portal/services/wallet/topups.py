@@ -4,7 +4,7 @@ whose effect credits the wallet. The wallet never pays for its own top-up.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 
@@ -52,6 +52,11 @@ class TopUp(purchases.Effect):
 
     def describe(self) -> str:
         return "your wallet top-up"
+
+    def receipt(self, invoice: Invoice, payment: Payment | None) -> tuple[str, dict[str, Any]]:
+        return "topup_receipt", {"amount": invoice.total, "currency": invoice.currency, "invoice": invoice.number,
+                                 "balance": wallet.get_wallet(invoice.user_id).balance,
+                                 "card": self.card_label or "your card"}
 
     def card_description(self, invoice: Invoice) -> str:
         return f"Top-up by {self.card_label}" if self.card_label else "Wallet top-up by card"

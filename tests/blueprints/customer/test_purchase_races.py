@@ -136,7 +136,7 @@ def test_the_confirm_page_never_answers_500_for_a_payment_on_a_closed_invoice(al
     assert response.status_code == 200
     assert "is being refunded to your card" in _text(response.get_data(as_text=True))
     assert _sub(alice).plan.code == "free"
-    assert run_outbox_jobs() == ["worker.payments.refund_payment"]
+    assert run_outbox_jobs() == ["worker.payments.refund_payment", "worker.emails.send_email"]  # and its email
     db.session.expire_all()
     payment = db.session.get(Payment, payment.id)
     assert payment.status is PaymentStatus.REFUNDED

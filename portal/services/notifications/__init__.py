@@ -1,0 +1,94 @@
+"""Emails the portal owes its customers and staff: queued once, sent after commit, logged, retried.
+
+`notify` writes an EmailLog row (queued) in the caller's transaction, under a unique key naming
+the business event ("renewal_failed:12:2026-02-28T09:00:00+00:00"): the same key twice is one
+email. The send is enqueued after the commit (the outbox); if that enqueue is lost, the sender's
+sweep finds the row due anyway, so the log itself is the outbox of emails. A rolled-back
+transaction leaves no row and sends nothing. Delivery, retries and the bound on duplicates are in
+`delivery`; the kinds, their subjects and sample facts in `kinds`; rendering in `render`.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from email.utils import make_msgid
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+
+from portal.clock import now
+from portal.extensions import db
+from portal.models import EmailLog, EmailStatus, User
+from portal.services import outbox
+from portal.services.notifications.kinds import KINDS
+from portal.services.notifications.render import render_subject
+from portal.services.statements import connection, dialect_insert
+
+__all__ = ["KINDS", "notify", "notify_staff"]
+
+SEND_JOB = "worker.emails.send_email"
+_log = EmailLog.__table__
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def notify(user: User | int, kind: str, context: dict[str, Any], key: str) -> int | None:
+    """Queue email `kind` to the customer, once per `key` (no savepoint: safe on an autocommit
+    connection). Returns the EmailLog id, or None when the key was used before or the customer
+    turned this kind off."""
+    spec = KINDS[kind]
+    if spec.audience != "customer":
+        raise ValueError(f"{kind} is not a customer email")
+    if not isinstance(user, User):
+        user = db.session.get(User, user)
+    if spec.optional and not user.usage_emails:
+        return None
+    return _queue(kind, context, key, to=user.email, user_id=user.id, name=user.name, tz_name=user.timezone)
+
+
+def notify_staff(kind: str, context: dict[str, Any], key: str) -> int | None:
+    """Queue a staff email (to STAFF_ALERT_EMAIL), once per `key`."""
+    if KINDS[kind].audience != "staff":
+        raise ValueError(f"{kind} is not a staff email")
+    return _queue(kind, context, key, to=current_app.config["STAFF_ALERT_EMAIL"], user_id=None, name="",
+                  tz_name=None)
+
+
+def _queue(kind: str, context: dict[str, Any], key: str, *, to: str, user_id: int | None, name: str,
+           tz_name: str | None) -> int | None:
+    context = json.loads(json.dumps(_jsonable(context)))
+    subject = render_subject(kind, context, tz_name=tz_name)
+    at = now()
+    conn = connection()
+    insert = dialect_insert(conn.dialect.name)(_log).values(
+        user_id=user_id, to_address=to, template=kind, subject=subject[:255], context=context,
+        status=EmailStatus.QUEUED.value, attempts=0, idempotency_key=key[:200], created_at=at, next_attempt_at=at,
+        interrupted=False, message_id=make_msgid(idstring=uuid.uuid4().hex[:12], domain=_sender_domain() or "portal"),
+    ).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(_log.c.id)
+    email_id = conn.execute(insert).scalar_one_or_none()
+    if email_id is not None:
+        outbox.enqueue_after_commit(SEND_JOB, email_id, queue_name="emails", job_id=f"email-{email_id}")
+    return email_id
+
+
+def _sender_domain() -> str:
+    sender = current_app.config.get("MAIL_DEFAULT_SENDER") or ""
+    address = sender.rsplit("<", 1)[-1].rstrip(">")
+    return address.rsplit("@", 1)[-1] if "@" in address else ""
+
+
+def by_key(key: str) -> EmailLog | None:
+    return db.session.scalar(sa.select(EmailLog).where(EmailLog.idempotency_key == key))

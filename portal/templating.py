@@ -20,7 +20,7 @@ CUSTOMER_NAV = [
     ("customer.payment_methods", "Payment methods"),
     ("customer.api_keys", "API keys"),
 ]
-STAFF_NAV = [("staff.index", "Overview")]
+STAFF_NAV = [("staff.index", "Overview"), ("staff.emails", "Emails")]
 
 
 def money(minor: int | None, currency: str = "USD") -> str:

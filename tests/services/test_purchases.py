@@ -504,3 +504,33 @@ def test_every_kind_of_purchase_is_registered_once_the_app_exists(app):
     with pytest.raises(effects.UnknownPurchase):
         effects.load({"type": "time_machine"})
     assert isinstance(effects.load({}), Nothing)
+
+
+def test_a_payment_left_at_the_bank_gets_one_reminder_with_its_link_before_it_is_cancelled(alice, stripe_server,
+                                                                                          clock):
+    from portal.models import EmailLog
+
+    add_card(alice, THREE_D_SECURE)
+    waiting = _waiting_for_the_bank(alice, "t")
+    assert _reconcile(clock, minutes=5) == {}
+    assert _reconcile(clock, minutes=6) == {"reminded": 1}  # 11 minutes at the bank
+    assert _reconcile(clock, minutes=5) == {}  # once
+    [email] = db.session.scalars(sa.select(EmailLog).where(EmailLog.template == "payment_needs_authentication"))
+    assert email.context["payment_id"] == waiting.payment.id and email.context["what"] == "your plan upgrade"
+    assert _reconcile(clock, minutes=20) == {"canceled": 1}  # then, 31 minutes in, it is given up
+
+
+def test_receipts_say_what_was_bought_once_per_invoice(alice):
+    from portal.models import EmailLog
+
+    add_card(alice)
+    assert plan_changes.upgrade(alice, _plan("premium"), token="a").status == "paid"
+    db.session.commit()
+    with pytest.raises(packages.PackageError):  # Premium sells no packages: nothing bought, nothing sent
+        packages.buy(alice, "tokens", 1, "p")
+    db.session.rollback()
+    assert topups.buy(alice, 1500, "USD", "t", card_label="Visa •••• 4242").status == "paid"
+    db.session.commit()
+    rows = [(e.template, e.idempotency_key.split(":")[0]) for e in db.session.scalars(
+        sa.select(EmailLog).order_by(EmailLog.id))]
+    assert rows == [("subscription_activated", "receipt"), ("topup_receipt", "receipt")]

@@ -15,4 +15,4 @@ def require_staff():
     return None
 
 
-from portal.blueprints.staff import routes  # noqa: E402,F401
+from portal.blueprints.staff import emails, routes  # noqa: E402,F401

@@ -95,6 +95,8 @@ class Launcher:
             env["MAIL_PORT"] = str(mail.port)
             env["PORTAL_MAILDIR"] = str(mail.maildir.resolve())
         env.setdefault("RATELIMIT_STORAGE_URI", env["REDIS_URL"])
+        # Links in emails point at this server.
+        env.setdefault("PORTAL_BASE_URL", f"http://127.0.0.1:{self.web_port}")
 
     def _start(self, service):
         say(f"starting {service.name} ...")

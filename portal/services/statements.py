@@ -42,3 +42,12 @@ def param(name: str, column: sa.Column) -> sa.BindParameter:
 def dialect_insert(dialect: str):
     """The `insert` with ON CONFLICT support for a dialect name: PostgreSQL's or SQLite's."""
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+def newest_first(query: sa.Select, id_column: sa.ColumnElement, *, before: int | None,
+                 size: int) -> tuple[list, int | None]:
+    """One keyset page of an ORM query, newest id first: (rows, `before` for the next page or None)."""
+    if before is not None:
+        query = query.where(id_column < before)
+    rows = list(db.session.scalars(query.order_by(id_column.desc()).limit(size + 1)))
+    return rows[:size], rows[size - 1].id if len(rows) > size else None

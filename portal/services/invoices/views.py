@@ -13,6 +13,7 @@ from sqlalchemy.orm import selectinload
 from portal import display
 from portal.extensions import db
 from portal.models import Invoice, InvoiceStatus, Payment, PaymentMethod
+from portal.services.statements import newest_first
 
 #: Invoices per page of the list.
 PAGE_SIZE = 20
@@ -30,12 +31,7 @@ class InvoicePage:
 def invoice_page(user_id: int, before: int | None = None, size: int = PAGE_SIZE) -> InvoicePage:
     """The customer's invoices, newest first, `size` at a time, keyset-paginated on id."""
     query = sa.select(Invoice).where(Invoice.user_id == user_id, Invoice.status.in_(_VISIBLE))
-    if before is not None:
-        query = query.where(Invoice.id < before)
-    rows = list(db.session.scalars(query.order_by(Invoice.id.desc()).limit(size + 1)))
-    more = len(rows) > size
-    rows = rows[:size]
-    return InvoicePage(rows, rows[-1].id if more else None)
+    return InvoicePage(*newest_first(query, Invoice.id, before=before, size=size))
 
 
 def owned_invoice(user_id: int, number: str) -> Invoice | None:

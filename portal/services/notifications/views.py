@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from portal.extensions import db
 from portal.models import EmailLog
+from portal.services.statements import newest_first
 
 PAGE_SIZE = 50
 
@@ -25,9 +25,4 @@ def log_page(*, status: str | None = None, kind: str | None = None, before: int 
         query = query.where(EmailLog.status == status)
     if kind is not None:
         query = query.where(EmailLog.template == kind)
-    if before is not None:
-        query = query.where(EmailLog.id < before)
-    rows = list(db.session.scalars(query.order_by(EmailLog.id.desc()).limit(size + 1)))
-    more = len(rows) > size
-    rows = rows[:size]
-    return LogPage(rows, rows[-1].id if more else None)
+    return LogPage(*newest_first(query, EmailLog.id, before=before, size=size))

@@ -97,6 +97,23 @@ class Launcher:
         env.setdefault("RATELIMIT_STORAGE_URI", env["REDIS_URL"])
         # Links in emails point at this server.
         env.setdefault("PORTAL_BASE_URL", f"http://127.0.0.1:{self.web_port}")
+        # A demo walks the days: `flask --app wsgi clock advance 30d` moves billing time for every process.
+        env.setdefault("CLOCK_ADJUSTABLE", "1")
+        self.write_run_env()
+
+    #: What commands run beside `make run` need to reach the same services (read by wsgi.py).
+    RUN_ENV_KEYS = ("REDIS_URL", "STRIPE_API_BASE", "MAIL_SERVER", "MAIL_PORT", "PORTAL_BASE_URL",
+                    "CLOCK_ADJUSTABLE", "RATELIMIT_STORAGE_URI", "TZ")
+
+    @property
+    def run_env_path(self) -> Path:
+        return self.instance / "make-run.env"
+
+    def write_run_env(self) -> None:
+        lines = ["# Written by `make run` (devtools/launcher.py) while it runs, for `flask --app wsgi ...`",
+                 "# commands run from the checkout meanwhile; removed when it stops."]
+        lines += [f"{key}={self.env[key]}" for key in self.RUN_ENV_KEYS if self.env.get(key)]
+        self.run_env_path.write_text("\n".join(lines) + "\n")
 
     def _start(self, service):
         say(f"starting {service.name} ...")
@@ -184,6 +201,7 @@ class Launcher:
             if service.running:
                 say(f"stopping {service.name} ...")
             service.stop()
+        self.run_env_path.unlink(missing_ok=True)
         say("all stopped")
 
     def run(self) -> int:

@@ -29,14 +29,22 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def register_clock(app: Flask) -> None:
+    """The billing clock: a test's own (CLOCK), the shared movable one (CLOCK_ADJUSTABLE), a fixed
+    instant (CLOCK_FROZEN_AT), else the real time."""
     from datetime import datetime
 
     from portal.billing.clock import FrozenClock, SystemClock
+    from portal.clock import SharedClock
 
     clock = app.config.get("CLOCK")
+    if clock is None and app.config.get("CLOCK_ADJUSTABLE"):
+        clock = SharedClock()
     if clock is None and app.config.get("CLOCK_FROZEN_AT"):
         clock = FrozenClock(datetime.fromisoformat(app.config["CLOCK_FROZEN_AT"]))
     app.extensions["clock"] = clock or SystemClock()
+    if isinstance(clock, SharedClock):
+        # Each request reads the shared setting once, so a move made by `flask clock` is seen at once.
+        app.before_request(clock.refresh)
 
 
 def register_extensions(app: Flask) -> None:
@@ -95,7 +103,7 @@ def _limits_by_decorator_only(app: Flask) -> None:
 def register_purchases() -> None:
     """Each kind of purchase registers its effect where its domain lives; load them all, so a webhook
     or a job can settle any invoice whatever pages this process has served."""
-    from portal.services.subscriptions import changes  # noqa: F401
+    from portal.services.subscriptions import changes, renewals  # noqa: F401
     from portal.services.usage import packages  # noqa: F401
     from portal.services.wallet import topups  # noqa: F401
 

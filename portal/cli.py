@@ -1,4 +1,7 @@
-"""Flask commands: seed-demo, create-staff."""
+"""Flask commands: seed-demo, create-staff, clock (show | set | advance | reset).
+
+`jobs run-due` is the worker's (worker/cli.py, registered as a Flask command plug-in).
+"""
 from __future__ import annotations
 
 import click
@@ -35,3 +38,44 @@ def register(app: Flask) -> None:
             raise click.ClickException(str(exc)) from exc
         db.session.commit()
         click.echo(f"Created {role} {user.email}")
+
+    @app.cli.group("clock")
+    def clock_group():
+        """Billing time shared by the web, workers and commands (moved only where CLOCK_ADJUSTABLE=1)."""
+
+    def _moved(change) -> None:
+        from portal.services import clock as clock_service
+
+        try:
+            change(clock_service)
+        except clock_service.ClockNotAdjustable as exc:
+            raise click.ClickException(str(exc)) from exc
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+        db.session.commit()
+        click.echo(clock_service.state().describe())
+
+    @clock_group.command("show")
+    def clock_show():
+        """Print billing time (and how it differs from the real time)."""
+        from portal.services import clock as clock_service
+
+        click.echo(clock_service.state().describe())
+
+    @clock_group.command("set")
+    @click.argument("instant")
+    @click.option("--freeze", is_flag=True, help="Stand still at that instant instead of running on from it.")
+    def clock_set(instant: str, freeze: bool):
+        """Make billing time read INSTANT (ISO 8601; UTC unless it names a zone)."""
+        _moved(lambda svc: svc.set_to(svc.parse_instant(instant), freeze=freeze))
+
+    @clock_group.command("advance", context_settings={"ignore_unknown_options": True})
+    @click.argument("step")
+    def clock_advance(step: str):
+        """Move billing time by STEP: 30d, 12h or 90m (a minus sign moves it back)."""
+        _moved(lambda svc: svc.advance(svc.parse_step(step)))
+
+    @clock_group.command("reset")
+    def clock_reset():
+        """Back to the real time."""
+        _moved(lambda svc: svc.reset())

@@ -52,6 +52,11 @@ def load_config(env: dict[str, str] | None = None, instance_path: str | None = N
         "DEFAULT_LOCALE": env.get("DEFAULT_LOCALE", "en_US"),
         "GRACE_PERIOD_DAYS": _int(env.get("GRACE_PERIOD_DAYS"), 3),
         "RENEWAL_REMINDER_DAYS": _int(env.get("RENEWAL_REMINDER_DAYS"), 7),
+        # Due subscriptions per renewal job (the sweep fans out one job per batch on the billing queue).
+        "RENEWAL_BATCH_SIZE": _int(env.get("RENEWAL_BATCH_SIZE"), 50),
+        # A subscription handed to a renewal job is not handed out again for this long (a job that died
+        # is retried by the sweep after it).
+        "RENEWAL_LEASE_MINUTES": _int(env.get("RENEWAL_LEASE_MINUTES"), 15),
         "WALLET_MAX_TOPUP": _int(env.get("WALLET_MAX_TOPUP"), 1_000_000),  # minor units
         "WALLET_MIN_TOPUP": _int(env.get("WALLET_MIN_TOPUP"), 500),
         "BILLING_TZ": env.get("TZ", "UTC"),
@@ -92,4 +97,7 @@ def load_config(env: dict[str, str] | None = None, instance_path: str | None = N
         "INSTANCE_PATH": str(instance),
         # A fixed billing time (ISO 8601, e.g. 2026-01-31T09:00:00+00:00) for tests and demos; empty = real time.
         "CLOCK_FROZEN_AT": env.get("PORTAL_CLOCK_FROZEN_AT", ""),
+        # Billing time may be moved with `flask clock set|advance|reset`, shared by every process through
+        # the database. `make run` sets it; production never should (it then reads the real clock only).
+        "CLOCK_ADJUSTABLE": _bool(env.get("CLOCK_ADJUSTABLE"), False),
     }

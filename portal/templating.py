@@ -46,3 +46,10 @@ def register(app: Flask) -> None:
             wanted = STAFF_NAV if current_user.is_staff else CUSTOMER_NAV
             items = [(endpoint, label) for endpoint, label in wanted if endpoint in app.view_functions]
         return {"nav_items": items}
+
+    @app.context_processor
+    def moved_clock():
+        """Billing time, when it is moved away from the real time (a demo or a test walking the days)."""
+        from portal.clock import is_moved, now
+
+        return {"clock_moved_to": now() if is_moved() else None}

@@ -75,7 +75,10 @@ def job(queue: str) -> Callable[[F], F]:
             app = _job_app()
             with app.app_context():
                 _reset_pools_after_fork(app)
+                from portal.clock import refresh as refresh_clock
                 from portal.extensions import db
+
+                refresh_clock()  # billing time as `flask clock` last set it (where it may be moved)
 
                 try:
                     result = fn(*args, **kwargs)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from rq import cron
 
-from worker import emails, maintenance, payments
+from worker import billing, emails, maintenance, payments
 
 #: Each entry is keyword arguments for `rq.cron.register`; the queue is the job's own.
 PERIODIC_JOBS: list[dict] = [
+    # Renewals due and grace periods ended, fanned out in batches: a period ending at 14:00 renews by 14:05.
+    {"func": billing.renew_due, "cron": "*/5 * * * *", "job_timeout": 600, "result_ttl": 3600},
+    # Reminders RENEWAL_REMINDER_DAYS before a paid renewal (once per period).
+    {"func": billing.send_renewal_reminders, "cron": "7 * * * *", "job_timeout": 1800},
     # Push outbox messages an after-commit dispatch missed (Redis was down, a process died).
     {"func": maintenance.sweep_outbox, "cron": "* * * * *", "job_timeout": 120, "result_ttl": 300},
     # Emails due: retries after an SMTP failure, sends whose enqueue was lost, claims that lapsed.

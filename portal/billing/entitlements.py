@@ -68,10 +68,11 @@ class PlanFeatureValues:
 def counter_window(feature_type: FeatureType, rate_window: RateWindow | None,
                    period: tuple[datetime, datetime] | None, at: datetime) -> Period:
     """The window a feature's counter covers at `at`: the rate window for RATE features, else the
-    billing period (calendar months when there is no live period)."""
+    billing period (calendar months when there is no live period). A period that has ended keeps
+    counting until its renewal runs, so use in those minutes is billed with the period it closes."""
     if feature_type is FeatureType.RATE:
         return window_bounds(rate_window, at)
-    if period is not None and period[0] <= at < period[1]:
+    if period is not None and period[0] <= at:
         return Period(*period)
     return period_at(_EPOCH, IntervalUnit.MONTH, 1, at)[1]
 

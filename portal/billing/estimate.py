@@ -56,6 +56,10 @@ class EstimateLine:
     amount: int  #: minor units
     details: tuple[BreakdownLine, ...] = ()
     note: str = ""
+    #: The feature priced (empty for the plan fee), how ("usage", "overage", "package") and the units billed.
+    code: str = ""
+    kind: str = ""
+    units: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ def price_use(allowance: Allowance, quantity: int, currency: str) -> EstimateLin
         label = f"{allowance.name}: {units(billable, allowance.unit)} beyond the {included:,} included ({what})"
     else:
         label = f"{allowance.name}: {units(quantity, allowance.unit)}, within the {included:,} included"
-    return EstimateLine(label, result.amount_minor(currency), result.lines)
+    return EstimateLine(label, result.amount_minor(currency), result.lines, code=allowance.code, kind=allowance.kind,
+                        units=quantity if allowance.kind == "usage" else billable)
 
 
 def estimate_plan(terms: PlanTerms, usage: Mapping[str, int], names: Mapping[str, str] | None = None) -> PlanEstimate:

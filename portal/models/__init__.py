@@ -1,5 +1,6 @@
 """All models, imported here so Alembic and the app see every table."""
 from portal.models.audit import AuditLog, EmailLog, EmailStatus, IdempotencyRecord, OutboxMessage
+from portal.models.clock import ClockSetting
 from portal.models.errors import ErrorStatus, OperationError, RetryAttempt, RetryStrategy
 from portal.models.invoices import Invoice, InvoiceLine, InvoiceStatus, LineKind, NumberSequence
 from portal.models.payments import (
@@ -18,7 +19,7 @@ from portal.models.users import ApiKey, Role, User
 from portal.models.wallet import EntryKind, Wallet, WalletEntry
 
 __all__ = [
-    "ApiKey", "AuditLog", "EmailLog", "EmailStatus", "EntryKind", "ErrorStatus", "Feature",
+    "ApiKey", "AuditLog", "ClockSetting", "EmailLog", "EmailStatus", "EntryKind", "ErrorStatus", "Feature",
     "IdempotencyRecord", "Invoice", "InvoiceLine", "InvoiceStatus", "LineKind", "NumberSequence", "OperationError",
     "OutboxMessage", "Payment", "PaymentMethod", "PaymentPurpose", "PaymentStatus", "Plan",
     "PlanFeature", "PricingTier", "Refund", "RefundStatus", "RetryAttempt", "RetryStrategy", "Role",

@@ -56,7 +56,13 @@ class Subscription(db.Model):
     scheduled_plan_id: Mapped[int | None] = mapped_column(sa.ForeignKey("plans.id", ondelete="SET NULL"))
     #: past_due only: features keep working until then; afterwards the subscription expires.
     grace_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When it stopped being live (canceled or expired).
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: A renewal job holds the due subscription until then, so the sweep hands it out once; a job that
+    #: died lets it go when this passes (RENEWAL_LEASE_MINUTES).
+    renewal_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The period end the renewal reminder was sent for (one reminder per period).
+    reminded_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=now, onupdate=now)
 

@@ -100,3 +100,14 @@ def from_intent(intent) -> PaymentError:
     code = (last.get("code") if isinstance(last, dict) else getattr(last, "code", None)) or "card_declined"
     rule = _CARD_RULES.get(code, _DECLINE)
     return rule.cls(code, rule.message, rule.strategy, intent_id=intent.id)
+
+
+def from_code(code: str, message: str) -> PaymentError:
+    """The error a recorded refusal stands for (its code as Stripe gave it): the retry strategy comes
+    from the same rules as a live error's; `message` is what the customer was told."""
+    rule = _CARD_RULES.get(code)
+    if rule is None:
+        strategy = RetryStrategy.MANUAL if code not in ("network", "rate_limited", "api_error") \
+            else RetryStrategy.EXPONENTIAL
+        return PaymentError(code, message, strategy)
+    return rule.cls(code, message, rule.strategy)

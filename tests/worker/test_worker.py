@@ -178,7 +178,8 @@ def test_schedule_declares_the_periodic_jobs():
     jobs = {cron_job.func_name: cron_job for cron_job in scheduler.get_jobs()}
 
     assert set(jobs) == {"worker.maintenance.sweep_outbox", "worker.maintenance.purge_expired",
-                         "worker.payments.reconcile_payments", "worker.emails.send_due"}
+                         "worker.payments.reconcile_payments", "worker.emails.send_due", "worker.billing.renew_due",
+                         "worker.billing.send_renewal_reminders"}
     sweep = jobs["worker.maintenance.sweep_outbox"]
     assert sweep.queue_name == "default" and sweep.interval is None
     assert _fire_gaps(sweep.cron) == {60.0}
@@ -187,6 +188,10 @@ def test_schedule_declares_the_periodic_jobs():
     assert emails.queue_name == "emails" and _fire_gaps(emails.cron) == {60.0}
     reconcile = jobs["worker.payments.reconcile_payments"]
     assert reconcile.queue_name == "billing" and _fire_gaps(reconcile.cron) == {300.0}
+    # Renewals every 5 minutes: a period ending at 14:00 is renewed by 14:05, not at the next 02:00.
+    renewals = jobs["worker.billing.renew_due"]
+    assert renewals.queue_name == "billing" and _fire_gaps(renewals.cron) == {300.0}
+    assert _fire_gaps(jobs["worker.billing.send_renewal_reminders"].cron) == {3600.0}
 
 
 def test_worker_command_runs_jobs_and_stops_on_sigterm(tmp_path, worker_app, redis_server, redis_conn):

@@ -99,7 +99,28 @@ def payment_method_save():
         return _render(form, 402, save_error=error.message)
     audit("payment_method.added", method, actor_id=user.id, data={"last4": method.last4})
     flash(f"{_label(method)} saved." + (" It is your default card." if method.is_default else ""), "success")
-    return redirect(url_for("customer.payment_methods"), 303)
+    return _pay_past_due(method) or redirect(url_for("customer.payment_methods"), 303)
+
+
+def _pay_past_due(method):
+    """While a renewal is unpaid, the card just added or chosen pays it at once (the answer's page), else None."""
+    from portal.blueprints.customer.payments import show_outcome
+    from portal.services.subscriptions import renewals
+
+    try:
+        outcome = renewals.retry_with_new_card(method)
+    except PaymentError as error:
+        db.session.rollback()
+        flash(f"Your unpaid renewal could not be paid with it: {error.message}", "error")
+        return None
+    if outcome is None:
+        return None
+    return show_outcome(outcome, on_failure=lambda message: _unpaid_yet(method, message))
+
+
+def _unpaid_yet(method, message: str):
+    flash(f"{_label(method)} did not pay your unpaid renewal: {message}", "error")
+    return redirect(url_for("customer.subscription"), 303)
 
 
 @bp.post("/payment-methods/<int:method_id>/default")
@@ -111,6 +132,7 @@ def payment_method_default(method_id: int):
         payment_methods.set_default(method)
         audit("payment_method.default", method, actor_id=current_user.id)
         flash(f"{_label(method)} is now your default card.", "success")
+        return _pay_past_due(method) or redirect(url_for("customer.payment_methods"), 303)
     return redirect(url_for("customer.payment_methods"), 303)
 
 

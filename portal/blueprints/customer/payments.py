@@ -96,6 +96,10 @@ def _flash_paid(payment: Payment | None, invoice: Invoice | None) -> None:
         sub = live_subscription(current_user.id)
         flash(f"Payment confirmed. You are now on the {sub.plan.name} plan." if sub else "Payment confirmed.",
               "success")
+    elif purchase is not None and purchase.kind == "renewal":
+        sub = live_subscription(current_user.id)
+        flash(f"Payment received. Your {sub.plan.name} plan is active until {sub.current_period_end:%d %b %Y}."
+              if sub else "Payment received.", "success")
     elif purchase is not None and purchase.kind == "topup" and payment is not None:
         flash(f"{_money(payment.amount, payment.currency)} added to your wallet.", "success")
     else:

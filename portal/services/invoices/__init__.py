@@ -158,3 +158,14 @@ def void(invoice: Invoice, reason: str) -> None:
     )
     if result.rowcount:
         db.session.refresh(invoice)
+
+
+def mark_uncollectible(invoice: Invoice, reason: str) -> None:
+    """Stop collecting an unpaid invoice (a renewal still unpaid when the grace period ended)."""
+    table = Invoice.__table__
+    result = db.session.execute(
+        sa.update(table).where(table.c.id == invoice.id, table.c.status == InvoiceStatus.OPEN.value)
+        .values(status=InvoiceStatus.UNCOLLECTIBLE.value)
+    )
+    if result.rowcount:
+        db.session.refresh(invoice)

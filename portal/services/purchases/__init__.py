@@ -24,10 +24,11 @@ from portal.services.purchases.flow import (
     release,
     resume,
     settle,
+    write_off,
 )
 
 __all__ = [
     "Effect", "Outcome", "PurchaseInProgress", "Stale", "apply_intent", "buy", "cancel", "cancel_purchase",
     "client_secret", "confirm", "execute_refund", "fail", "notify_refund", "give_back", "outcome_of", "reconcile",
-    "reconcile_open_payments", "register", "release", "resume", "settle",
+    "reconcile_open_payments", "register", "release", "resume", "settle", "write_off",
 ]

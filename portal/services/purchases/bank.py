@@ -56,7 +56,7 @@ def apply_intent(payment: Payment, intent: Mapping[str, Any]) -> str:
     return "unchanged"
 
 
-def confirm(payment: Payment) -> Outcome:
+def confirm(payment: Payment, *, off_session: bool = False) -> Outcome:
     """After the bank's check, or "check again": ask Stripe how the payment stands and act on it.
 
     A charge Stripe never received (its answer was lost before it got there) is sent again with the
@@ -72,7 +72,7 @@ def confirm(payment: Payment) -> Outcome:
             apply_intent(payment, intent)
         elif (payment.status is PaymentStatus.PENDING and invoice is not None
               and invoice.status is InvoiceStatus.OPEN and payments.may_resend(payment)):
-            return _submit(payment, off_session=False)
+            return _submit(payment, off_session=off_session)
         else:
             fail(payment, "not_submitted", "The payment did not reach the bank. Nothing was charged.")
     outcome = outcome_of(invoice, payment)

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 from portal.models import Invoice, Payment, PaymentPurpose
+from portal.payments.errors import PaymentError
 
 
 class Stale(Exception):
@@ -49,6 +50,10 @@ class Effect:
     def apply(self, invoice: Invoice, payment: Payment | None) -> None:
         """Deliver what was bought; runs once, when the invoice becomes paid (`payment`: the last part)."""
         raise NotImplementedError
+
+    def unpaid(self, invoice: Invoice, error: PaymentError) -> None:
+        """A kind that keeps its invoice open when the card is refused (void_on_failure False) hears it
+        here, once per refusal: a renewal moves the subscription to past due."""
 
     def describe(self) -> str:
         """A few words for the payment pages ("your plan upgrade")."""

@@ -35,7 +35,7 @@ from portal.models import (
     RetryStrategy,
     User,
 )
-from portal.payments.errors import PaymentError
+from portal.payments.errors import PaymentError, from_code
 from portal.services import invoices, notifications, outbox, payments, retries, wallet
 from portal.services.invoices import LineDraft
 from portal.services.purchases import effects
@@ -201,6 +201,8 @@ def _submit(payment: Payment, *, off_session: bool) -> Outcome:
 def _refused(invoice: Invoice, effect: Effect, error: PaymentError) -> None:
     if effect.void_on_failure:
         release(invoice, error.message)
+    else:
+        effect.unpaid(invoice, error)
 
 
 def _refusal(code: str, message: str) -> PaymentError:
@@ -285,7 +287,7 @@ def fail(payment: Payment, code: str, message: str) -> bool:
     if not payments.mark_failed(payment, code, message):
         return False
     if invoice is not None and invoice.status is InvoiceStatus.OPEN:
-        _refused(invoice, effects.load(invoice.purchase), _refusal(code, message))
+        _refused(invoice, effects.load(invoice.purchase), from_code(code, message[:1].upper() + message[1:]))
     return True
 
 
@@ -294,6 +296,22 @@ def release(invoice: Invoice, why: str) -> None:
     invoice = invoices.lock(invoice.id)
     if invoice.status is not InvoiceStatus.OPEN:
         return
+    _return_wallet_parts(invoice)
+    invoices.void(invoice, why)
+
+
+def write_off(invoice: Invoice, why: str) -> bool:
+    """Give up collecting an open invoice (a renewal unpaid when the grace period ended): what the wallet
+    paid toward it goes back, and it is marked uncollectible. False when it was not open (paid meanwhile)."""
+    invoice = invoices.lock(invoice.id)
+    if invoice.status is not InvoiceStatus.OPEN:
+        return False
+    _return_wallet_parts(invoice)
+    invoices.mark_uncollectible(invoice, why)
+    return True
+
+
+def _return_wallet_parts(invoice: Invoice) -> None:
     parts = db.session.scalars(sa.select(Payment).where(
         Payment.invoice_id == invoice.id, Payment.provider == "wallet", Payment.status == PaymentStatus.SUCCEEDED))
     for part in parts:
@@ -304,7 +322,6 @@ def release(invoice: Invoice, why: str) -> None:
                           idempotency_key=f"invoice:{invoice.number}:wallet-return:{part.id}",
                           reference=f"invoice:{invoice.number}")
             payments.add_refunded(part, back)
-    invoices.void(invoice, why)
 
 
 # --- how a purchase stands ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ new failure on the open one; `resolve` closes it once the operation succeeded.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -63,5 +63,30 @@ def resolve(dedupe_key: str, *, by: int | None = None) -> bool:
         .where(OperationError.dedupe_key == dedupe_key, OperationError.status.notin_(CLOSED))
         .values(status=ErrorStatus.RESOLVED, resolved_at=now(), updated_at=now(), resolved_by_id=by,
                 next_retry_at=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount)
+
+
+#: When the first retry of a new failure is due, by strategy (the retry processor schedules later ones).
+FIRST_RETRY_AFTER: dict[RetryStrategy, timedelta | None] = {
+    RetryStrategy.IMMEDIATE: timedelta(0),
+    RetryStrategy.EXPONENTIAL: timedelta(minutes=5),
+    # Predictable refusals (a declined card): once a day, so the 3-day grace period sees a few tries.
+    RetryStrategy.FIXED_INTERVAL: timedelta(days=1),
+    RetryStrategy.MANUAL: None,
+}
+
+
+def first_retry_at(strategy: RetryStrategy, at: datetime | None = None) -> datetime | None:
+    delay = FIRST_RETRY_AFTER[strategy]
+    return None if delay is None else (at or now()) + delay
+
+
+def give_up(dedupe_key: str) -> bool:
+    """Close the open error for `dedupe_key` as given up (the operation can no longer succeed)."""
+    return bool(db.session.execute(
+        sa.update(OperationError)
+        .where(OperationError.dedupe_key == dedupe_key, OperationError.status.notin_(CLOSED))
+        .values(status=ErrorStatus.GAVE_UP, updated_at=now(), next_retry_at=None)
         .execution_options(synchronize_session=False)
     ).rowcount)

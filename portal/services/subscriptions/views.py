@@ -7,22 +7,22 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from portal.billing.estimate import EstimateLine
-from portal.billing.invoicing import Counted, billed_codes, usage_lines
+from portal.billing.invoicing import BilledLine
 from portal.extensions import db
-from portal.models import Invoice, InvoiceStatus, Payment, Plan, Subscription, UsageCounter
-from portal.services.catalog.views import plan_terms
+from portal.models import Invoice, InvoiceStatus, Payment, Plan, Subscription
 from portal.services.subscriptions import default_plan
 
 
 @dataclass(frozen=True)
 class NextInvoice:
-    """What the next renewal would bill if the period ended now."""
+    """What the next renewal would bill if the period ended now: the renewal's own lines
+    (renewals.draft, the invoice generator), so the page promises what the renewal charges."""
 
     date: datetime
     plan: Plan
     plan_amount: int
-    usage_lines: tuple[EstimateLine, ...]
+    #: The closing period's use so far (usage and overage lines).
+    usage_lines: tuple[BilledLine, ...]
     currency: str
 
     @property
@@ -39,21 +39,16 @@ def next_plan(sub: Subscription) -> Plan:
 
 def next_invoice(sub: Subscription) -> NextInvoice:
     """The next period's plan fee plus this period's billable use so far (from the counters)."""
-    plan = sub.plan
-    terms = plan_terms(plan)
-    codes = billed_codes(terms)
-    counted: dict[str, Counted] = {}
-    if codes:
-        feature_ids = {pf.feature.code: pf.feature_id for pf in plan.features}
-        codes_by_id = {feature_ids[code]: code for code in codes}
-        counters = db.session.scalars(sa.select(UsageCounter).where(
-            UsageCounter.user_id == sub.user_id, UsageCounter.feature_id.in_(codes_by_id),
-            UsageCounter.window_start == sub.current_period_start,
-        ))
-        counted = {codes_by_id[c.feature_id]: Counted(c.used, c.bonus) for c in counters}
+    from portal.services.subscriptions import renewals
+
     upcoming = next_plan(sub)
-    return NextInvoice(sub.current_period_end, upcoming, upcoming.price_amount, usage_lines(terms, counted),
-                       plan.currency)
+    if sub.cancel_at_period_end:  # the last invoice: the period's use only
+        lines = renewals.draft(sub, None, None)
+    else:
+        lines = renewals.draft(sub, upcoming, renewals.next_period(sub, upcoming)[1])
+    fee = sum(line.amount for line in lines if line.kind == "plan")
+    return NextInvoice(sub.current_period_end, upcoming, fee, tuple(line for line in lines if line.kind != "plan"),
+                       sub.plan.currency)
 
 
 def open_renewal_invoices(user_id: int, subscription_id: int) -> list[Invoice]:

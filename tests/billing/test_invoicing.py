@@ -32,3 +32,59 @@ def test_prepaid_units_are_spent_before_overage_and_unused_features_give_no_line
     assert [(line.label, line.amount) for line in lines] == [("AI tokens: 1,900 tokens, within the 2,000 included", 0)]
     within = usage_lines(TERMS, {"api_calls": Counted(9000)})
     assert [(line.label, line.amount) for line in within] == [("API calls: 9,000 calls", 0)]
+
+
+# --- a renewal's lines ---------------------------------------------------------------------------------
+
+from datetime import datetime, timezone  # noqa: E402
+
+from portal.billing.invoicing import breakdown_data, renewal_lines  # noqa: E402
+from portal.billing.periods import Period  # noqa: E402
+
+CLOSING = Period(datetime(2026, 1, 31, 9, tzinfo=timezone.utc), datetime(2026, 2, 28, 9, tzinfo=timezone.utc))
+NEXT = Period(datetime(2026, 2, 28, 9, tzinfo=timezone.utc), datetime(2026, 3, 31, 9, tzinfo=timezone.utc))
+USED = {"api_calls": Counted(25_000), "tokens": Counted(2600)}
+FREE = PlanTerms("free", "Free", 0, "USD", "month", (TOKENS,))
+PREMIUM = PlanTerms("premium", "Premium", 999, "USD", "month")
+
+
+def _shape(lines):
+    return [(line.kind, line.description, line.amount, line.quantity, line.feature, line.period) for line in lines]
+
+
+def test_a_renewal_bills_the_next_fee_in_advance_and_the_closing_use_in_arrears():
+    lines = renewal_lines(next_terms=TERMS, next_period=NEXT, closing_terms=TERMS, closing_period=CLOSING,
+                          counted=USED)
+    assert _shape(lines) == [
+        ("plan", "Business plan, 28 Feb 2026 – 31 Mar 2026", 4900, 1, None, NEXT),
+        ("usage", "API calls: 25,000 calls", 1500, 25_000, "api_calls", CLOSING),
+        ("overage", "AI tokens: 600 tokens beyond the 2,000 included (overage)", 600, 600, "tokens", CLOSING),
+    ]
+    assert breakdown_data(lines[1].breakdown) == [
+        {"description": "Units 1–10,000 × 0.00", "units": 10_000, "unit_price": "0", "flat_fee": "0", "amount": "0"},
+        {"description": "Units 10,001–25,000 × 0.001", "units": 15_000, "unit_price": "0.001", "flat_fee": "0",
+         "amount": "15.000"},
+    ]
+
+
+def test_a_downgrade_bills_the_new_plans_fee_and_the_old_plans_use():
+    lines = renewal_lines(next_terms=PREMIUM, next_period=NEXT, closing_terms=TERMS, closing_period=CLOSING,
+                          counted=USED)
+    assert [(line.kind, line.amount) for line in lines] == [("plan", 999), ("usage", 1500), ("overage", 600)]
+
+
+def test_a_trial_ending_bills_the_fee_only_and_an_ending_subscription_its_use_only():
+    trial = renewal_lines(next_terms=TERMS, next_period=NEXT, closing_terms=None, closing_period=CLOSING,
+                          counted=USED)
+    assert [(line.kind, line.amount) for line in trial] == [("plan", 4900)]
+    ending = renewal_lines(next_terms=None, next_period=None, closing_terms=TERMS, closing_period=CLOSING,
+                           counted=USED)
+    assert [(line.kind, line.amount) for line in ending] == [("usage", 1500), ("overage", 600)]
+
+
+def test_a_free_plan_has_no_fee_line_and_use_within_its_allowance_costs_nothing():
+    lines = renewal_lines(next_terms=FREE, next_period=NEXT, closing_terms=FREE, closing_period=CLOSING,
+                          counted={"tokens": Counted(1500)})
+    assert [(line.kind, line.amount) for line in lines] == [("overage", 0)]  # the renewal issues no invoice for 0
+    assert renewal_lines(next_terms=FREE, next_period=NEXT, closing_terms=FREE, closing_period=CLOSING,
+                         counted={}) == ()

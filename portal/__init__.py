@@ -101,8 +101,11 @@ def _limits_by_decorator_only(app: Flask) -> None:
 
 
 def register_purchases() -> None:
-    """Each kind of purchase registers its effect where its domain lives; load them all, so a webhook
-    or a job can settle any invoice whatever pages this process has served."""
+    """Each kind of purchase registers its effect, and each failing operation its retry handler, where
+    its domain lives; load them all, so a webhook or a job can settle any invoice and retry any failure
+    whatever pages this process has served."""
+    from portal.services import webhooks  # noqa: F401
+    from portal.services.purchases import bank  # noqa: F401
     from portal.services.subscriptions import changes, renewals  # noqa: F401
     from portal.services.usage import packages  # noqa: F401
     from portal.services.wallet import topups  # noqa: F401

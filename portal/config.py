@@ -57,6 +57,29 @@ def load_config(env: dict[str, str] | None = None, instance_path: str | None = N
         # A subscription handed to a renewal job is not handed out again for this long (a job that died
         # is retried by the sweep after it).
         "RENEWAL_LEASE_MINUTES": _int(env.get("RENEWAL_LEASE_MINUTES"), 15),
+        # Retries of failed operations (DESIGN §4). Exponential backoff with full jitter (transient errors):
+        # the n-th retry waits a random time up to min(cap, base * 2^(n-1)).
+        "RETRY_BACKOFF_BASE_SECONDS": _int(env.get("RETRY_BACKOFF_BASE_SECONDS"), 60),
+        "RETRY_BACKOFF_CAP_SECONDS": _int(env.get("RETRY_BACKOFF_CAP_SECONDS"), 6 * 3600),
+        "RETRY_BACKOFF_MAX_ATTEMPTS": _int(env.get("RETRY_BACKOFF_MAX_ATTEMPTS"), 8),
+        # Immediate (refunds): tries one after another, then a person.
+        "RETRY_IMMEDIATE_MAX_ATTEMPTS": _int(env.get("RETRY_IMMEDIATE_MAX_ATTEMPTS"), 3),
+        # Fixed interval (a declined card, insufficient funds): with a 3-day grace period, tries at
+        # 0, 24 and 48 hours, the last a day before grace ends; a try that would land after the
+        # deadline (grace) is not made.
+        "RETRY_FIXED_INTERVAL_HOURS": _int(env.get("RETRY_FIXED_INTERVAL_HOURS"), 24),
+        "RETRY_FIXED_MAX_ATTEMPTS": _int(env.get("RETRY_FIXED_MAX_ATTEMPTS"), 3),
+        # A try whose outcome is still unknown (the bank is working on it) is looked at again after this.
+        "RETRY_WAIT_MINUTES": _int(env.get("RETRY_WAIT_MINUTES"), 15),
+        # Errors claimed per statement by process_pending_retries, and how long a claim holds (a processor
+        # that died lets the next run take its errors after it).
+        "RETRY_BATCH_SIZE": _int(env.get("RETRY_BATCH_SIZE"), 50),
+        "RETRY_CLAIM_MINUTES": _int(env.get("RETRY_CLAIM_MINUTES"), 10),
+        # The staff alert (to STAFF_ALERT_EMAIL) goes out when unresolved failures reach this count, or
+        # the oldest is this old; once per crossing. The age is past the grace period (a failed renewal
+        # is retried and then closed within it), so only a failure that is stuck raises it.
+        "STAFF_ALERT_MIN_FAILURES": _int(env.get("STAFF_ALERT_MIN_FAILURES"), 10),
+        "STAFF_ALERT_MAX_AGE_HOURS": _int(env.get("STAFF_ALERT_MAX_AGE_HOURS"), 96),
         "WALLET_MAX_TOPUP": _int(env.get("WALLET_MAX_TOPUP"), 1_000_000),  # minor units
         "WALLET_MIN_TOPUP": _int(env.get("WALLET_MIN_TOPUP"), 500),
         "BILLING_TZ": env.get("TZ", "UTC"),

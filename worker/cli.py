@@ -27,16 +27,17 @@ class _Marks:
     event: int
     email: int
     invoice: int
+    attempt: int
 
 
 def _marks() -> _Marks:
     from portal.extensions import db
-    from portal.models import EmailLog, Invoice, SubscriptionEvent
+    from portal.models import EmailLog, Invoice, RetryAttempt, SubscriptionEvent
 
     def top(column) -> int:
         return db.session.scalar(sa.select(sa.func.coalesce(sa.func.max(column), 0)))
 
-    marks = _Marks(top(SubscriptionEvent.id), top(EmailLog.id), top(Invoice.id))
+    marks = _Marks(top(SubscriptionEvent.id), top(EmailLog.id), top(Invoice.id), top(RetryAttempt.id))
     db.session.commit()
     return marks
 
@@ -205,7 +206,7 @@ _EVENT_WORDS = {"renew": "renewed", "activate": "trials converted", "payment_fai
 
 def _summary(marks: _Marks) -> str:
     from portal.extensions import db
-    from portal.models import EmailLog, EmailStatus, Invoice, SubscriptionEvent
+    from portal.models import EmailLog, EmailStatus, Invoice, RetryAttempt, SubscriptionEvent
 
     counts: Counter[str] = Counter()
     events = db.session.execute(sa.select(SubscriptionEvent.transition, SubscriptionEvent.from_status,
@@ -223,8 +224,12 @@ def _summary(marks: _Marks) -> str:
             counts["reminders"] += 1
         counts["emails sent" if status is EmailStatus.SENT else "emails not sent yet"] += 1
     counts["invoices"] = db.session.scalar(sa.select(sa.func.count(Invoice.id)).where(Invoice.id > marks.invoice))
+    for outcome, in db.session.execute(sa.select(RetryAttempt.outcome).where(RetryAttempt.id > marks.attempt)):
+        counts["retries"] += 1
+        counts[f"retries {outcome}"] += 1
     db.session.commit()
     order = ["renewed", "trials converted", "free periods started", "failed", "recovered", "expired", "canceled",
-             "free plans restored", "reminders", "invoices", "emails sent", "emails not sent yet"]
+             "free plans restored", "reminders", "retries", "retries succeeded", "retries failed", "retries waiting",
+             "retries moot", "invoices", "emails sent", "emails not sent yet"]
     always = ("renewed", "failed", "expired", "reminders")
     return ", ".join(f"{word} {counts[word]}" for word in order if counts[word] or word in always)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from rq import cron
 
-from worker import billing, emails, maintenance, payments
+from worker import billing, emails, maintenance, payments, retries
 
 #: Each entry is keyword arguments for `rq.cron.register`; the queue is the job's own.
 PERIODIC_JOBS: list[dict] = [
@@ -20,6 +20,10 @@ PERIODIC_JOBS: list[dict] = [
     {"func": maintenance.sweep_outbox, "cron": "* * * * *", "job_timeout": 120, "result_ttl": 300},
     # Emails due: retries after an SMTP failure, sends whose enqueue was lost, claims that lapsed.
     {"func": emails.send_due, "cron": "* * * * *", "job_timeout": 600, "result_ttl": 300},
+    # Failed operations whose next try is due (renewal payments, refunds, payment checks, webhooks).
+    {"func": retries.process_pending_retries, "cron": "*/5 * * * *", "job_timeout": 1800, "result_ttl": 3600},
+    # The staff alert when unresolved failures pile up (once per crossing).
+    {"func": retries.alert_on_failures, "cron": "*/5 * * * *", "job_timeout": 120, "result_ttl": 3600},
     # Card payments left open (a crash, a lost answer, an abandoned 3-D Secure): settle, fail or cancel.
     {"func": payments.reconcile_payments, "cron": "*/5 * * * *", "job_timeout": 600},
     # Idempotency records past expiry, RATE counters of long-closed windows.

@@ -57,6 +57,12 @@ class OperationError(db.Model):
     max_attempts: Mapped[int] = mapped_column(sa.Integer, default=5)
     #: When the next retry is due (UTC); NULL when none is scheduled (manual or closed).
     next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: While status is retrying: the retry processor that claimed it owns it until then; after that
+    #: (the processor died) the next run claims it again.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The money at stake in minor units (an unpaid invoice, a refund), for the failed report; NULL if none.
+    amount: Mapped[int | None] = mapped_column(sa.BigInteger)
+    currency: Mapped[str | None] = mapped_column(sa.String(3))
     user_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
     subscription_id: Mapped[int | None] = mapped_column(sa.ForeignKey("subscriptions.id", ondelete="SET NULL"))
     #: One open error per failing operation ("renewal:12:2026-01-31T00:00:00+00:00").
@@ -73,16 +79,50 @@ class OperationError(db.Model):
     )
 
 
+class RetryOutcome(str, enum.Enum):
+    SUCCEEDED = "succeeded"  #: the operation went through: the error is resolved
+    FAILED = "failed"  #: it failed again: rescheduled by its strategy, or manual when tries ran out
+    WAITING = "waiting"  #: the outcome is not known yet (the bank is still working): asked again later
+    MOOT = "moot"  #: nothing left to do (paid meanwhile, the subject is gone): resolved
+
+
 class RetryAttempt(db.Model):
+    """One retry of a failed operation, by the retry processor or a staff "retry now" (DESIGN §4)."""
+
     __tablename__ = "retry_attempts"
+    # One row per try: the unique pair also refuses a second processor running the same try.
     __table_args__ = (sa.UniqueConstraint("operation_error_id", "attempt_number"),)
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     operation_error_id: Mapped[int] = mapped_column(sa.ForeignKey("operation_errors.id", ondelete="CASCADE"))
+    #: The try's number counting the original failure as 1 (the first retry is 2).
     attempt_number: Mapped[int] = mapped_column(sa.Integer)
     succeeded: Mapped[bool] = mapped_column(sa.Boolean)
+    outcome: Mapped[str] = mapped_column(sa.String(16), default=RetryOutcome.FAILED.value)
+    #: The strategy the error had when this try ran.
+    strategy: Mapped[str | None] = mapped_column(sa.String(20))
     error_code: Mapped[str | None] = mapped_column(sa.String(64))
     message: Mapped[str] = mapped_column(sa.Text, default="")
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the try finished (UTC).
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=now)
+    #: The next try this one scheduled; NULL when none (resolved, or handed to a person).
+    next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The staff user who asked for this try; NULL for the retry processor.
+    actor_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id", ondelete="SET NULL"))
 
     operation_error: Mapped[OperationError] = relationship(back_populates="attempts_log")
+
+
+class AlertState(db.Model):
+    """Whether a staff alert's condition holds, so the alert goes out once per crossing, not every run."""
+
+    __tablename__ = "alert_states"
+
+    #: The alert ("failures").
+    name: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    #: The condition held at the last check.
+    active: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    #: How many times the condition has started to hold (each crossing is one alert: its email key).
+    crossings: Mapped[int] = mapped_column(sa.Integer, default=0)
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

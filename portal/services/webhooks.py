@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +21,7 @@ from portal.clock import now
 from portal.extensions import db
 from portal.models import (
     EntryKind,
+    OperationError,
     Payment,
     PaymentPurpose,
     RetryStrategy,
@@ -275,11 +275,25 @@ def _failure_key(record: WebhookEvent) -> str:
 def _record_failure(record: WebhookEvent, exc: Exception) -> None:
     """One OperationError per failing event (Stripe also redelivers it; either retry may fix it)."""
     code = str(getattr(exc, "code", None) or type(exc).__name__)[:64]
-    retries.record_failure(
-        "webhook", code, str(exc), dedupe_key=_failure_key(record), strategy=RetryStrategy.EXPONENTIAL,
+    failure = retries.record_failure(
+        "webhook", code, str(exc) or type(exc).__name__, dedupe_key=_failure_key(record),
+        strategy=RetryStrategy.EXPONENTIAL,
         context={"webhook_event_id": record.id, "stripe_event_id": record.stripe_event_id, "type": record.type},
-        attempts=1, next_retry_at=now() + timedelta(minutes=1),
     )
+    retries.tried(failure)
+
+
+@retries.handler("webhook")
+def retry_event(error: OperationError) -> retries.Result:
+    """Handle the stored event again (Stripe may also redeliver it: whichever comes first does it)."""
+    event_id = (error.context or {}).get("webhook_event_id")
+    record = db.session.get(WebhookEvent, event_id) if event_id is not None else None
+    if record is None:
+        return retries.Result.moot("the stored event no longer exists")
+    status = reprocess(record.id)
+    if status == FAILED:
+        return retries.Result.failed()
+    return retries.Result.succeeded(f"event {status}")
 
 
 def _resolve_failure(record: WebhookEvent) -> None:

@@ -21,10 +21,10 @@ from portal.billing.periods import IntervalUnit
 from portal.extensions import db
 from portal.models import (
     EntryKind, ErrorStatus, Invoice, InvoiceStatus, LineKind, OperationError, Payment, PaymentStatus, Plan,
-    Subscription, User, WalletEntry,
+    RetryStrategy, Subscription, User, WalletEntry,
 )
 from portal.payments import gateway
-from portal.services import catalog, invoices, purchases, usage, wallet
+from portal.services import catalog, invoices, purchases, retries, usage, wallet
 from portal.services.invoices import LineDraft
 from portal.services.purchases.effects import Nothing
 from portal.services.subscriptions import changes as plan_changes
@@ -207,12 +207,20 @@ def test_a_lost_answer_keeps_the_wallet_part_held_and_the_reconciler_settles_it(
     assert wallet.get_wallet(alice.id).balance == 0  # the wallet part stays with the open invoice
     faulty_stripe.fault = lambda method, path: None
     from worker.payments import reconcile_payments
+    from worker.retries import process_pending_retries
 
     db.session.commit()  # the job runs in its own session, as in a worker
-    assert reconcile_payments() == {}  # too young to reconcile
+    [check] = db.session.scalars(sa.select(OperationError)).all()
+    assert (check.operation_type, check.strategy, check.attempts) == ("payment_check", RetryStrategy.EXPONENTIAL, 1)
+    assert check.next_retry_at <= clock.now() + timedelta(seconds=60)  # the first backoff is at most a minute
     clock.advance(minutes=31)
-    assert reconcile_payments() == {"settled": 1}
+    db.session.commit()
+    assert reconcile_payments() == {}  # the charge's check is the retries' job, not the reconciler's
+    assert process_pending_retries() == {"succeeded": 1}
     assert _sub(alice).plan.code == "premium"
+    db.session.refresh(check)
+    assert check.status is ErrorStatus.RESOLVED
+    assert len(stripe_intents(alice)) == 1
     assert_money_consistent(alice)
 
 
@@ -247,11 +255,39 @@ def test_a_payment_that_never_reached_stripe_is_failed_and_releases_the_wallet_p
     db.session.commit()
     assert outcome.status == "unknown" and wallet.get_wallet(alice.id).balance == 0
     faulty_stripe.fault = lambda method, path: None
+    # A process that died before sending leaves no check behind: the reconciler is what finds it.
+    assert purchases.payment_check_key(outcome.payment) == f"payment-check:{outcome.payment.id}"
+    retries.give_up(purchases.payment_check_key(outcome.payment))
+    db.session.commit()
     assert _reconcile(clock) == {"failed": 1}
     invoice = db.session.get(Invoice, outcome.invoice.id)
     assert invoice.status is InvoiceStatus.VOID and wallet.get_wallet(alice.id).balance == 300
     assert db.session.get(Payment, outcome.payment.id).failure_code == "not_submitted"
     assert _sub(alice).plan.code == "free" and stripe_intents(alice) == []
+    assert_money_consistent(alice)
+
+
+def test_a_payment_that_never_reached_stripe_is_sent_again_by_its_check_with_the_same_key(alice, faulty_stripe,
+                                                                                          clock):
+    from worker.retries import process_pending_retries
+
+    add_card(alice)
+    faulty_stripe.fault = lambda method, path: "unsent" if (method, path) == ("POST", "/v1/payment_intents") else None
+    outcome = plan_changes.upgrade(alice, _plan("premium"), token="t")
+    db.session.commit()
+    assert outcome.status == "unknown" and stripe_intents(alice) == []
+    clock.advance(minutes=2)
+    db.session.commit()
+    assert process_pending_retries() == {"failed": 1}  # Stripe still unreachable: a later, jittered try
+    check = db.session.scalar(sa.select(OperationError))
+    assert check.attempts == 2 and check.status is ErrorStatus.PENDING
+    faulty_stripe.fault = lambda method, path: None
+    clock.set(check.next_retry_at)
+    db.session.commit()
+    assert process_pending_retries() == {"succeeded": 1}
+    assert _sub(alice).plan.code == "premium"
+    [intent] = stripe_intents(alice)
+    assert intent.status == "succeeded" and intent.amount == 999
     assert_money_consistent(alice)
 
 

@@ -27,6 +27,7 @@ from tests.conftest import (
     START, add_card, assert_money_consistent, both_databases, run_outbox_jobs, stripe_intents,
 )
 from worker import billing
+from worker import retries as retry_jobs
 
 DECLINED_LATER = "4000000000000341"
 
@@ -65,8 +66,10 @@ def _job(func, *args):
 
 
 def _run_due() -> dict[str, int]:
-    """What the scheduler does every 5 minutes: the sweep, then the jobs it fanned out."""
+    """What the scheduler does every 5 minutes: the sweep, then the jobs it fanned out, then the retries."""
     swept = _job(billing.renew_due)
+    run_outbox_jobs()
+    _job(retry_jobs.process_pending_retries)
     run_outbox_jobs()
     db.session.expire_all()
     return swept
@@ -462,10 +465,15 @@ def test_an_unanswered_renewal_charge_is_neither_failed_nor_charged_twice(alice,
     assert sub.status is SubscriptionStatus.ACTIVE and sub.current_period_end == _at(2, 28)  # waiting, not failed
     [invoice] = _invoices(alice)
     assert invoice.status is InvoiceStatus.OPEN
+    [check] = db.session.scalars(sa.select(OperationError)).all()  # the retries ask Stripe, with backoff
+    assert (check.operation_type, check.strategy, check.status, check.attempts) == \
+        ("payment_check", RetryStrategy.EXPONENTIAL, ErrorStatus.PENDING, 1)
     faulty_stripe.fault = lambda method, path: None
-    clock.advance(minutes=16)  # the lease passes; the next sweep asks Stripe what happened
+    clock.advance(minutes=16)  # the renewal's lease passes too: the sweep leaves the charge to its check
     _run_due()
     assert _sub(alice).current_period_end == _at(3, 31)
+    db.session.refresh(check)
+    assert check.status is ErrorStatus.RESOLVED
     db.session.refresh(invoice)
     assert invoice.status is InvoiceStatus.PAID
     assert len([i for i in stripe_intents(alice) if i.status == "succeeded"]) == 2

@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.conftest import REPO_ROOT
@@ -103,3 +104,33 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.1)
+
+
+@contextmanager
+def pg_stack(request, tmp_path: Path, redis_url: str, name: str, **env: str) -> Iterator[Stack]:
+    """A Stack on a fresh PostgreSQL database (from the migrated template) with no Stripe or SMTP to reach:
+    for races between worker processes over rows the test writes. `env`: extra settings for the workers."""
+    from tests.conftest import fresh_pg_database
+
+    database = fresh_pg_database(request, name, template="portal_template")
+    stack = Stack(database_url=database, redis_url=redis_url, stripe_url="http://127.0.0.1:1",
+                  mail_host="127.0.0.1", mail_port=1, instance=tmp_path)
+    stack.env.update(env)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@contextmanager
+def stack_app(stack: Stack, tmp_path: Path):
+    """The in-process app (the test's side) on the same stack, its context pushed."""
+    from portal import create_app
+    from portal.extensions import db
+    from tests.conftest import base_config
+
+    app = create_app({**base_config(stack.env["DATABASE_URL"], tmp_path), **stack.app_config()})
+    with app.app_context():
+        yield app
+        db.session.remove()
+        db.engine.dispose()

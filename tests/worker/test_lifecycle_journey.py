@@ -162,9 +162,11 @@ def test_the_seed_journey_on_real_workers_with_the_clock_moved_by_the_cli(stack,
     assert _record(api, key, 5).status_code == 201  # Premium still works during grace
     assert "Pay $9.99 now" in page.get("/subscription").get_data(as_text=True)
 
-    # Day 72: still in grace.
+    # Day 72: still in grace; the card is tried again (the try due on day 71, fixed interval), declined again;
+    # the next would land when grace ends: none is scheduled, a person may look.
     _day(stack, "2027-03-13T09:00:00+00:00")
-    assert "expired 0" in _run_due(stack)
+    done = _run_due(stack)
+    assert "expired 0" in done and "retries 1" in done and "retries failed 1" in done
     # Day 73: grace ends unpaid: expired, the Free plan and its limits are back.
     _day(stack, "2027-03-14T09:00:00+00:00")
     assert "expired 1" in _run_due(stack)
@@ -188,6 +190,7 @@ def test_the_seed_journey_on_real_workers_with_the_clock_moved_by_the_cli(stack,
         (first, "change_plan", s.ACTIVE, s.ACTIVE),
         (first, "renew", s.ACTIVE, s.ACTIVE),
         (first, "payment_failed", s.ACTIVE, s.PAST_DUE),
+        (first, "payment_failed", s.PAST_DUE, s.PAST_DUE),
         (first, "expire", s.PAST_DUE, s.EXPIRED),
         (second, "activate", None, s.ACTIVE),
     ]

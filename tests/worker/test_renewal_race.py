@@ -10,35 +10,25 @@ import sqlalchemy as sa
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from portal import create_app
 from portal.extensions import db
 from portal.models import (
     EmailLog, Invoice, InvoiceStatus, Plan, Subscription, SubscriptionEvent, User, Wallet, WalletEntry,
 )
-from tests.conftest import base_config, fresh_pg_database
-from tests.worker.processes import Stack, wait_for
+from tests.worker.processes import pg_stack, stack_app, wait_for
 
 CUSTOMERS = 500
 
 
 @pytest.fixture
-def stack(request, tmp_path, redis_server, redis_conn):
-    database = fresh_pg_database(request, "race", template="portal_template")
-    stack = Stack(database_url=database, redis_url=redis_server.url, stripe_url="http://127.0.0.1:1",
-                  mail_host="127.0.0.1", mail_port=1, instance=tmp_path)
-    try:
+def stack(request, tmp_path, redis_server):
+    with pg_stack(request, tmp_path, redis_server.url, "race") as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture
 def app(stack, tmp_path):
-    app = create_app({**base_config(stack.env["DATABASE_URL"], tmp_path), **stack.app_config()})
-    with app.app_context():
+    with stack_app(stack, tmp_path) as app:
         yield app
-        db.session.remove()
-        db.engine.dispose()
 
 
 def _customers(count: int) -> list[int]:

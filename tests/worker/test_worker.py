@@ -179,7 +179,8 @@ def test_schedule_declares_the_periodic_jobs():
 
     assert set(jobs) == {"worker.maintenance.sweep_outbox", "worker.maintenance.purge_expired",
                          "worker.payments.reconcile_payments", "worker.emails.send_due", "worker.billing.renew_due",
-                         "worker.billing.send_renewal_reminders"}
+                         "worker.billing.send_renewal_reminders", "worker.retries.process_pending_retries",
+                         "worker.retries.alert_on_failures"}
     sweep = jobs["worker.maintenance.sweep_outbox"]
     assert sweep.queue_name == "default" and sweep.interval is None
     assert _fire_gaps(sweep.cron) == {60.0}
@@ -192,6 +193,9 @@ def test_schedule_declares_the_periodic_jobs():
     renewals = jobs["worker.billing.renew_due"]
     assert renewals.queue_name == "billing" and _fire_gaps(renewals.cron) == {300.0}
     assert _fire_gaps(jobs["worker.billing.send_renewal_reminders"].cron) == {3600.0}
+    # The retries of failed operations every 5 minutes (the seeds' process_pending_retries), and the alert.
+    for name in ("worker.retries.process_pending_retries", "worker.retries.alert_on_failures"):
+        assert jobs[name].queue_name == "retries" and _fire_gaps(jobs[name].cron) == {300.0}
 
 
 def test_worker_command_runs_jobs_and_stops_on_sigterm(tmp_path, worker_app, redis_server, redis_conn):

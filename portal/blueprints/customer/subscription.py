@@ -21,7 +21,7 @@ from portal.services import payments, purchases
 from portal.services.catalog import views as catalog_views
 from portal.services.subscriptions import views as subscription_views
 from portal.services.subscriptions import changes as plan_changes
-from portal.services.subscriptions import live_subscription
+from portal.services.subscriptions import live_subscription, renewals
 
 #: How long a change preview may be confirmed: after that the amounts are shown again.
 PREVIEW_TTL = timedelta(minutes=30)
@@ -118,12 +118,13 @@ def _user() -> User:
 
 def _overview(cancel_form: CancelForm, status: int = 200):
     sub = live_subscription(current_user.id)
-    context = {"subscription": sub, "next_invoice": None, "open_invoices": [], "pending": None}
+    context = {"subscription": sub, "next_invoice": None, "open_invoices": [], "pending": None, "next_try": None}
     if sub is not None:
         context["next_invoice"] = subscription_views.next_invoice(sub)
         context["pending"] = subscription_views.pending_upgrade(sub)
         if sub.status is SubscriptionStatus.PAST_DUE:
             context["open_invoices"] = subscription_views.open_renewal_invoices(current_user.id, sub.id)
+            context["next_try"] = renewals.next_try(sub)
     return render_template(
         "customer/subscription.html", section="overview", cancel_form=cancel_form, undo_form=UndoForm(),
         payment_form=PaymentForm(),

@@ -66,7 +66,7 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     Kind("payment_needs_authentication", "Your bank asks you to confirm a payment of {{ amount|money(currency) }}",
          {"amount": 999, "currency": "USD", "what": "your Premium renewal", "payment_id": 7},
          ("$9.99", "your Premium renewal", "/payments/7")),
-    Kind("staff_alert", "{{ count }} unresolved failures need a look",
+    Kind("staff_alert", "{{ count }} unresolved {{ 'failure needs' if count == 1 else 'failures need' }} a look",
          {"count": 12, "oldest_at": "2026-02-01T08:00:00+00:00",
           "types": [{"type": "renewal_payment", "count": 9}, {"type": "refund", "count": 3}]},
          ("12", "renewal_payment", "9", "01 Feb 2026", "/staff/"), audience="staff"),

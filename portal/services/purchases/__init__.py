@@ -21,14 +21,16 @@ from portal.services.purchases.flow import (
     fail,
     give_back,
     outcome_of,
+    payment_check_key,
     release,
     resume,
     settle,
+    unanswered,
     write_off,
 )
 
 __all__ = [
     "Effect", "Outcome", "PurchaseInProgress", "Stale", "apply_intent", "buy", "cancel", "cancel_purchase",
-    "client_secret", "confirm", "execute_refund", "fail", "notify_refund", "give_back", "outcome_of", "reconcile",
-    "reconcile_open_payments", "register", "release", "resume", "settle", "write_off",
+    "client_secret", "confirm", "execute_refund", "fail", "notify_refund", "give_back", "outcome_of", "payment_check_key", "reconcile",
+    "reconcile_open_payments", "register", "release", "resume", "settle", "unanswered", "write_off",
 ]

@@ -13,7 +13,16 @@ import sqlalchemy as sa
 
 from portal.clock import now
 from portal.extensions import db
-from portal.models import Invoice, InvoiceStatus, Payment, PaymentStatus, Refund, RefundStatus
+from portal.models import (
+    Invoice,
+    InvoiceStatus,
+    OperationError,
+    Payment,
+    PaymentStatus,
+    Refund,
+    RefundStatus,
+    RetryStrategy,
+)
 from portal.payments import gateway
 from portal.payments.errors import PaymentError, from_intent
 from portal.services import notifications, payments, retries
@@ -142,9 +151,13 @@ def reconcile_open_payments(*, older_than: timedelta, remind_after: timedelta | 
     counts: dict[str, int] = {}
     if remind_after is not None:
         counts.update(_remind_to_authenticate(now() - remind_after, cutoff, limit))
+    # A charge that got no answer is the retries' (payment_check, with backoff), not the reconciler's.
+    checked = sa.select(OperationError.id).where(
+        OperationError.dedupe_key == sa.literal("payment-check:") + sa.cast(Payment.id, sa.String),
+        OperationError.status.in_(retries.OPEN))
     stuck = db.session.scalars(
         sa.select(Payment).where(Payment.provider == "stripe", Payment.status.in_(payments.OPEN_STATUSES),
-                                 Payment.created_at < cutoff).order_by(Payment.id).limit(limit)
+                                 Payment.created_at < cutoff, ~sa.exists(checked)).order_by(Payment.id).limit(limit)
     ).all()
     for payment in stuck:
         try:
@@ -203,15 +216,56 @@ def execute_refund(refund_id: int) -> bool:
         with db.session.begin_nested():
             done = payments.execute_refund(refund)
     except PaymentError as error:
-        failure = retries.record_failure("refund", error.code, error.message, dedupe_key=refund_error_key(refund),
-                                         strategy=error.strategy, context={"refund_id": refund.id})
-        failure.attempts += 1
-        db.session.flush()
+        # Refunds are urgent: a few quick tries, then a person (a refusal Stripe will repeat goes to one now).
+        payment = db.session.get(Payment, refund.payment_id)
+        failure = retries.record_failure(
+            "refund", error.code, f"Refund {refund.id} to the card failed: {error.message}",
+            dedupe_key=refund_error_key(refund),
+            strategy=RetryStrategy.IMMEDIATE if error.retryable else RetryStrategy.MANUAL,
+            context={"refund_id": refund.id, "payment_id": refund.payment_id, "amount": refund.amount,
+                     "currency": payment.currency if payment else None},
+            user_id=payment.user_id if payment else None)
+        retries.tried(failure)
         return False
     if done and refund.status is RefundStatus.SUCCEEDED:
         retries.resolve(refund_error_key(refund))
         notify_refund(db.session.get(Payment, refund.payment_id), refund.amount)
     return done
+
+
+@retries.handler("refund")
+def retry_refund(error: OperationError) -> retries.Result:
+    """Ask Stripe for the refund again (its key is the same every time: never a second refund)."""
+    refund = db.session.get(Refund, (error.context or {}).get("refund_id"))
+    if refund is None:
+        return retries.Result.moot("the refund no longer exists")
+    if refund.status is RefundStatus.SUCCEEDED:
+        return retries.Result.succeeded("refunded meanwhile")
+    if refund.status is not RefundStatus.PENDING:
+        return retries.Result.moot(f"the refund is {refund.status.value}")
+    if execute_refund(refund.id) and refund.status is RefundStatus.SUCCEEDED:
+        return retries.Result.succeeded(f"refunded (Stripe {refund.stripe_refund_id})")
+    return retries.Result.failed()
+
+
+@retries.handler("payment_check")
+def retry_check(error: OperationError) -> retries.Result:
+    """Ask Stripe how a charge that got no answer ended (or send it again with its key if Stripe never
+    received it), and act on the answer."""
+    payment = db.session.get(Payment, (error.context or {}).get("payment_id"))
+    if payment is None:
+        return retries.Result.moot("the payment no longer exists")
+    if payment.status not in payments.OPEN_STATUSES:
+        return retries.Result.succeeded(f"the payment is {payment.status.value}")
+    invoice = db.session.get(Invoice, payment.invoice_id) if payment.invoice_id else None
+    outcome = confirm(payment, off_session=invoice is not None and invoice.reason == "renewal")
+    if outcome.status == "unknown":
+        cause = outcome.error
+        return retries.Result.failed(cause.code if cause else "unknown",
+                                     cause.message if cause else "Stripe did not answer.", RetryStrategy.EXPONENTIAL)
+    if outcome.status == "processing":
+        return retries.Result.waiting("the bank is still processing the payment")
+    return retries.Result.succeeded(f"Stripe answered: {outcome.status}")
 
 
 def notify_refund(payment: Payment, amount: int) -> None:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from portal.billing.money import format_money
@@ -195,7 +196,35 @@ def _submit(payment: Payment, *, off_session: bool) -> Outcome:
     if result.status == "declined":
         fail(payment, result.error.code, result.error.message)
         return Outcome("failed", invoice, payment, error=result.error)
+    unanswered(payment, result.error)
     return Outcome("unknown", invoice, payment, error=result.error)
+
+
+def unanswered(payment: Payment, error: PaymentError | None) -> None:
+    """Stripe did not answer about this charge: the retries ask it again, with backoff (the payment
+    stays pending with its key; a retry never makes a second charge). Resolved when an answer comes."""
+    failure = retries.record_failure(
+        "payment_check", error.code if error else "unknown",
+        f"No answer from Stripe about payment {payment.id} ({format_money(payment.amount, payment.currency)}): "
+        f"{error.message if error else 'unknown outcome'}",
+        dedupe_key=payment_check_key(payment), strategy=RetryStrategy.EXPONENTIAL,
+        context={"payment_id": payment.id, "invoice_id": payment.invoice_id, "amount": payment.amount,
+                 "currency": payment.currency},
+        user_id=payment.user_id,
+        subscription_id=db.session.scalar(sa.select(Invoice.subscription_id).where(Invoice.id == payment.invoice_id))
+        if payment.invoice_id else None,
+    )
+    retries.tried(failure)
+
+
+def payment_check_key(payment: Payment) -> str:
+    return f"payment-check:{payment.id}"
+
+
+def _answered(payment: Payment) -> None:
+    """An answer about a charge that once got none: its check is over."""
+    if (payment.data or {}).get("unanswered"):
+        retries.resolve(payment_check_key(payment))
 
 
 def _refused(invoice: Invoice, effect: Effect, error: PaymentError) -> None:
@@ -221,6 +250,7 @@ def settle(payment: Payment) -> str:
     invoice = invoices.lock(payment.invoice_id) if payment.invoice_id else None
     if not payments.mark_succeeded(payment):
         return "unchanged"
+    _answered(payment)
     if invoice is None:  # a wallet top-up paid before top-ups had invoices
         effects.load({"type": "topup"}).apply(None, payment)
         return "settled"
@@ -265,7 +295,9 @@ def give_back(payment: Payment, invoice: Invoice, why: str) -> Refund:
         retries.record_failure(
             "refund", "payment_not_applied",
             f"{amount} paid by card for {invoice.number} could not be applied ({why}); refunding it to the card.",
-            dedupe_key=refund_error_key(refund), strategy=RetryStrategy.IMMEDIATE, next_retry_at=now(),
+            # the refund job tries first; the retries take over if it never ran (RETRY_CLAIM_MINUTES)
+            dedupe_key=refund_error_key(refund), strategy=RetryStrategy.IMMEDIATE,
+            next_retry_at=now() + timedelta(minutes=current_app.config["RETRY_CLAIM_MINUTES"]),
             context={"refund_id": refund.id, "payment_id": payment.id, "invoice": invoice.number,
                      "amount": payment.amount, "currency": payment.currency, "why": why},
             user_id=payment.user_id, subscription_id=invoice.subscription_id,
@@ -286,6 +318,7 @@ def fail(payment: Payment, code: str, message: str) -> bool:
     invoice = invoices.lock(payment.invoice_id) if payment.invoice_id else None
     if not payments.mark_failed(payment, code, message):
         return False
+    _answered(payment)
     if invoice is not None and invoice.status is InvoiceStatus.OPEN:
         _refused(invoice, effects.load(invoice.purchase), from_code(code, message[:1].upper() + message[1:]))
     return True

@@ -37,10 +37,12 @@ from portal.models import (
     Invoice,
     InvoiceStatus,
     LineKind,
+    OperationError,
     Payment,
     PaymentMethod,
     PaymentStatus,
     Plan,
+    RetryStrategy,
     Subscription,
     UsageCounter,
     User,
@@ -199,16 +201,18 @@ class Renewal(purchases.Effect):
                                  data={**self._event_data(invoice.number), "code": error.code}, **changes)
         db.session.expire(sub, ["plan"])
         failure = retries.record_failure(
-            "renewal_payment", error.code,
-            f"Renewal {invoice.number} of subscription {sub.id} was refused: {error.message}",
+            "trial_conversion" if self.trial else "renewal_payment", error.code,
+            f"{'Trial conversion' if self.trial else 'Renewal'} {invoice.number} of subscription {sub.id} "
+            f"was refused: {error.message}",
             dedupe_key=renewal_key(self.subscription_id, self.period_start), strategy=error.strategy,
-            next_retry_at=retries.first_retry_at(error.strategy),
             context={"invoice": invoice.number, "invoice_id": invoice.id, "amount": invoice.amount_due,
-                     "currency": invoice.currency, "decline_code": error.decline_code},
+                     "currency": invoice.currency, "decline_code": error.decline_code,
+                     # the tries must land before grace ends (the subscription expires then)
+                     "retry_before": sub.grace_until.isoformat() if sub.grace_until else None},
             user_id=sub.user_id, subscription_id=sub.id,
         )
-        failure.attempts += 1
-        if first:
+        if first:  # the renewal's own try; a customer's "pay now" is not one of the automatic tries
+            retries.tried(failure)
             notifications.notify(sub.user_id, "renewal_failed", {
                 "plan": self._plan().name, "amount": invoice.amount_due, "currency": invoice.currency,
                 "invoice": invoice.number, "grace_until": sub.grace_until, "reason": error.message,
@@ -247,15 +251,17 @@ class FinalUse(purchases.Effect):
         retries.resolve(renewal_key(self.subscription_id, self.period_end))
 
     def unpaid(self, invoice: Invoice, error: PaymentError) -> None:
+        key = renewal_key(self.subscription_id, self.period_end)
+        first = retries.open_error(key) is None
         failure = retries.record_failure(
             "final_invoice_payment", error.code, f"{invoice.number} (the last period's use) was refused: {error.message}",
-            dedupe_key=renewal_key(self.subscription_id, self.period_end), strategy=error.strategy,
-            next_retry_at=retries.first_retry_at(error.strategy),
+            dedupe_key=key, strategy=error.strategy,
             context={"invoice": invoice.number, "invoice_id": invoice.id, "amount": invoice.amount_due,
                      "currency": invoice.currency},
             user_id=invoice.user_id, subscription_id=self.subscription_id,
         )
-        failure.attempts += 1
+        if first:
+            retries.tried(failure)
 
 
 # --- renewing ------------------------------------------------------------------------------------------
@@ -314,6 +320,8 @@ def _resume(invoice: Invoice) -> str:
         if in_flight.status is PaymentStatus.PENDING and not payments.unanswered(in_flight) \
                 and now() - in_flight.created_at < IN_FLIGHT_FOR:
             return "pending"  # another process may be sending it to Stripe this very moment
+        if retries.open_error(purchases.payment_check_key(in_flight)) is not None:
+            return "pending"  # Stripe did not answer: the retries ask it again, with backoff
         return _result(purchases.confirm(in_flight, off_session=True), effect)
     return _result(purchases.resume(invoice, off_session=True), effect)
 
@@ -413,6 +421,43 @@ def send_reminders(limit: int = 1000) -> int:
     return sent
 
 
+# --- the retries ---------------------------------------------------------------------------------------
+
+@retries.handler("renewal_payment", "trial_conversion", "final_invoice_payment")
+def retry_payment(error: OperationError) -> retries.Result:
+    """Pay the same open invoice again through the one purchase path (wallet first, then the default card
+    off session); a payment already with the bank is never doubled: resume reports on it instead."""
+    invoice = db.session.get(Invoice, (error.context or {}).get("invoice_id"))
+    if invoice is None:
+        return retries.Result.moot("the invoice no longer exists")
+    if invoice.status is not InvoiceStatus.OPEN:
+        return retries.Result.moot(f"{invoice.number} is {invoice.status.value}")
+    return outcome_result(purchases.resume(invoice, off_session=True))
+
+
+def outcome_result(outcome: purchases.Outcome) -> retries.Result:
+    """A purchase's outcome as a retry's."""
+    if outcome.status == "paid":
+        return retries.Result.succeeded(f"{outcome.invoice.number} paid")
+    if outcome.status == "refunded":
+        return retries.Result.moot("paid, but no longer applicable: refunded to the card")
+    if outcome.status == "failed":
+        error = outcome.error
+        return retries.Result.failed(error.code if error else None, error.message if error else "",
+                                     error.strategy if error else None)
+    if outcome.status == "requires_action":
+        return retries.Result.failed("authentication_required", "The bank asks the customer to confirm the payment.",
+                                     RetryStrategy.MANUAL)
+    return retries.Result.waiting("the bank's answer is awaited")
+
+
+def next_try(sub: Subscription) -> OperationError | None:
+    """The unresolved failure of a past-due subscription's renewal (when its card is tried next)."""
+    if sub.status is not _S.PAST_DUE:
+        return None
+    return retries.open_error(renewal_key(sub.id, sub.current_period_start))
+
+
 # --- the customer pays ---------------------------------------------------------------------------------
 
 def open_renewal(user_id: int, number: str) -> Invoice | None:
@@ -444,6 +489,7 @@ def retry_with_new_card(method: PaymentMethod) -> purchases.Outcome | None:
 
 
 __all__ = [
-    "ADVANCED", "FinalUse", "Renewal", "draft", "due", "expire", "next_period", "open_renewal", "pay_now",
-    "period_counts", "renew", "renewal_key", "restore_free_plan", "retry_with_new_card", "send_reminders",
+    "ADVANCED", "FinalUse", "Renewal", "draft", "due", "expire", "next_period", "next_try", "open_renewal",
+    "outcome_result", "pay_now", "period_counts", "renew", "renewal_key", "restore_free_plan", "retry_payment",
+    "retry_with_new_card", "send_reminders",
 ]

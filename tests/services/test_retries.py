@@ -365,3 +365,27 @@ def test_the_alert_also_fires_when_one_failure_is_left_too_long(app, clock):
     db.session.commit()
     assert retry_jobs.alert_on_failures() is True
     assert _alerts() == ["staff_alert:failures:1"]
+
+
+def test_staff_act_on_failures_from_the_command_line_and_each_action_is_audited(alice, app, clock):
+    from portal.models import AuditLog
+
+    error = _failure("cli", operation_type="refund", strategy=RetryStrategy.MANUAL,
+                     context={"amount": 1250, "currency": "USD"})
+    runner = app.test_cli_runner()
+    report_out = runner.invoke(args=["failures", "report"])
+    assert report_out.exit_code == 0 and "refund" in report_out.output and "at stake $12.50" in report_out.output
+    refused = runner.invoke(args=["failures", "strategy", str(error.id), "exponential", "--by", "demo@portal.test"])
+    assert refused.exit_code == 2 and "not a support or admin account" in refused.output
+    switched = runner.invoke(args=["failures", "strategy", str(error.id), "exponential", "--by", "staff@portal.test"])
+    assert switched.exit_code == 0, switched.output
+    assert f"#{error.id} refund pending (exponential" in switched.output
+    closed = runner.invoke(args=["failures", "resolve", str(error.id), "--note", "refunded in the dashboard",
+                                 "--by", "staff@portal.test"])
+    assert closed.exit_code == 0 and "resolved" in closed.output
+    again = runner.invoke(args=["failures", "retry", str(error.id), "--by", "staff@portal.test"])
+    assert again.exit_code == 1 and "closed" in again.output
+    db.session.expire_all()
+    actions = list(db.session.scalars(sa.select(AuditLog.action).where(AuditLog.target_type == "operation_errors")
+                                      .order_by(AuditLog.id)))
+    assert actions == ["failure.strategy", "failure.resolve"]  # one row per action done, none for refusals

@@ -20,7 +20,16 @@ CUSTOMER_NAV = [
     ("customer.payment_methods", "Payment methods"),
     ("customer.api_keys", "API keys"),
 ]
-STAFF_NAV = [("staff.index", "Overview"), ("staff.emails", "Emails")]
+STAFF_NAV = [
+    ("staff.index", "Overview"),
+    ("staff.failures", "Failures"),
+    ("staff.customers", "Customers"),
+    ("staff.plans", "Plans"),  # admins only (the editor's views are admin_required)
+    ("staff.revenue", "Revenue"),
+    ("staff.queues", "Queues"),
+    ("staff.emails", "Emails"),
+    ("staff.audit", "Audit log"),
+]
 
 
 def money(minor: int | None, currency: str = "USD") -> str:
@@ -44,7 +53,8 @@ def register(app: Flask) -> None:
         items: list[tuple[str, str]] = []
         if current_user.is_authenticated:
             wanted = STAFF_NAV if current_user.is_staff else CUSTOMER_NAV
-            items = [(endpoint, label) for endpoint, label in wanted if endpoint in app.view_functions]
+            items = [(endpoint, label) for endpoint, label in wanted if endpoint in app.view_functions
+                     and (current_user.is_admin or not getattr(app.view_functions[endpoint], "admin_only", False))]
         return {"nav_items": items}
 
     @app.context_processor

@@ -334,8 +334,17 @@ def bob(catalog):
 
 @pytest.fixture
 def staff_client(app, catalog) -> FlaskClient:
+    """Logged in as the demo support account (staff, not admin)."""
     client = app.test_client()
     assert AuthActions(client).login("staff@portal.test", "staff-password-1").status_code == 302
+    return client
+
+
+@pytest.fixture
+def admin_client(app, catalog) -> FlaskClient:
+    """Logged in as the demo admin account."""
+    client = app.test_client()
+    assert AuthActions(client).login("admin@portal.test", "admin-password-1").status_code == 302
     return client
 
 

@@ -36,6 +36,8 @@ class OperationError(db.Model):
         # failed_report: unresolved rows grouped by type.
         sa.Index("ix_operation_errors_type_status", "operation_type", "status"),
         sa.Index("ix_operation_errors_subscription", "subscription_id"),
+        # One customer's failures (the failures page's customer filter, the customer page).
+        sa.Index("ix_operation_errors_user_next_retry", "user_id", "next_retry_at"),
         sa.CheckConstraint("attempts >= 0", name="attempts_not_negative"),
     )
 

@@ -50,6 +50,8 @@ class Invoice(db.Model):
         sa.Index("ix_invoices_user_id_desc", "user_id", "id"),
         sa.Index("ix_invoices_status_due", "status", "due_at"),
         sa.Index("ix_invoices_subscription", "subscription_id"),
+        # Revenue by month of payment (the staff revenue page).
+        sa.Index("ix_invoices_status_paid", "status", "paid_at"),
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)

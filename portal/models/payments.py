@@ -41,6 +41,8 @@ class Payment(db.Model):
         sa.Index("ix_payments_user_created", "user_id", "created_at"),
         sa.Index("ix_payments_invoice", "invoice_id"),
         sa.Index("ix_payments_status_created", "status", "created_at"),
+        # The failed card payment rate by month (the staff revenue page).
+        sa.Index("ix_payments_provider_created", "provider", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)

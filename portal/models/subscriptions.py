@@ -81,7 +81,11 @@ class SubscriptionEvent(db.Model):
     """One row per status change or plan change: from, to, why, who, when."""
 
     __tablename__ = "subscription_events"
-    __table_args__ = (sa.Index("ix_subscription_events_subscription", "subscription_id", "id"),)
+    __table_args__ = (
+        sa.Index("ix_subscription_events_subscription", "subscription_id", "id"),
+        # New and churned subscriptions by month (the staff revenue page).
+        sa.Index("ix_subscription_events_transition_at", "transition", "at"),
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     subscription_id: Mapped[int] = mapped_column(sa.ForeignKey("subscriptions.id", ondelete="CASCADE"))

@@ -72,7 +72,7 @@ class Filters:
     status: str = "unresolved"
     #: Older than this (created before now - age).
     age: str | None = None
-    #: Part of the customer's email.
+    #: The start of the customer's email.
     customer: str | None = None
 
     @classmethod
@@ -161,9 +161,11 @@ def _filtered(query: sa.Select, filters: Filters) -> sa.Select:
     if age is not None:
         query = query.where(e.created_at < now() - age)
     if filters.customer:
-        pattern = "%" + filters.customer.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # The start of the email: a range of the unique index on users.email (emails are stored lower-cased),
+        # so the filter costs the same with 1,000 customers or 1,000,000; then their failures by user_id.
+        start = filters.customer.lower()
         query = query.where(e.user_id.in_(
-            sa.select(User.id).where(sa.func.lower(User.email).like(pattern, escape="\\")).scalar_subquery()))
+            sa.select(User.id).where(User.email >= start, User.email < start + "\U0010ffff").scalar_subquery()))
     return query
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 
 from portal.clock import now
 from portal.extensions import db
@@ -59,9 +60,11 @@ def create_invoice(
     period_end: datetime | None = None,
     idempotency_key: str | None = None,
     purchase: dict[str, Any] | None = None,
+    known_new: bool = False,
 ) -> Invoice:
-    """Write an open invoice with its lines; the same idempotency key returns the first invoice."""
-    if idempotency_key is not None:
+    """Write an open invoice with its lines; the same idempotency key returns the first invoice
+    (`known_new`: the caller looked the key up itself, and handles the unique index's IntegrityError)."""
+    if idempotency_key is not None and not known_new:
         existing = by_key(idempotency_key)
         if existing is not None:
             return existing
@@ -121,23 +124,28 @@ class InvoiceClosed(ValueError):
 
 
 def record_payment(invoice: Invoice, amount: int) -> bool:
-    """Add a payment to the invoice by a guarded update; returns True when it is now paid in full."""
+    """Add a payment to the invoice by a guarded update; returns True when it is now paid in full.
+
+    One statement: the guard, the new amount and, when it reaches the total, the paid status (every
+    expression reads the row as it was before the update)."""
     table = Invoice.__table__
+    reaches = table.c.amount_paid + amount >= table.c.total
     row = db.session.execute(
         sa.update(table)
         .where(table.c.id == invoice.id, table.c.status == InvoiceStatus.OPEN.value,
                table.c.amount_paid + amount <= table.c.total)
-        .values(amount_paid=table.c.amount_paid + amount)
-        .returning(table.c.amount_paid, table.c.total)
+        .values(amount_paid=table.c.amount_paid + amount,
+                status=sa.case((reaches, InvoiceStatus.PAID.value), else_=table.c.status),
+                paid_at=sa.case((reaches, sa.bindparam(None, now(), type_=table.c.paid_at.type)),
+                                else_=table.c.paid_at))
+        .returning(table.c.amount_paid, table.c.total, table.c.status, table.c.paid_at)
     ).first()
     if row is None:
         raise InvoiceClosed(f"invoice {invoice.number} cannot take a payment of {amount}")
-    paid = row.amount_paid >= row.total
-    if paid:
-        db.session.execute(sa.update(table).where(table.c.id == invoice.id)
-                           .values(status=InvoiceStatus.PAID.value, paid_at=now()))
-    db.session.refresh(invoice)
-    return paid
+    # The object as the row now is, without reading it again (nothing else of it changed).
+    for key in ("amount_paid", "total", "status", "paid_at"):
+        set_committed_value(invoice, key, getattr(row, key))
+    return row.amount_paid >= row.total
 
 
 def mark_paid_if_nothing_due(invoice: Invoice) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import lazyload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from portal.billing.lifecycle import IllegalTransition, SubscriptionError, SubscriptionStatus, Transition, next_status
 from portal.billing.periods import add_intervals
@@ -73,10 +74,9 @@ def transition(
     )
     if result.rowcount != 1:
         raise ConcurrentChange(f"subscription {subscription.id} is no longer {old.value}")
-    # Keep the in-memory object in step with the row we just wrote.
+    # Keep the in-memory object in step with the row we just wrote (as loaded: nothing left to flush).
     for key, value in values.items():
-        setattr(subscription, key, value)
-    db.session.flush()
+        set_committed_value(subscription, key, value)
     record = SubscriptionEvent(
         subscription_id=subscription.id,
         transition=event.value,

@@ -19,6 +19,9 @@ locked before the subscription, as the purchase path's settle does.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -77,12 +80,49 @@ def next_period(sub: Subscription, plan: Plan) -> tuple[datetime, Period]:
     return start, Period(start, add_intervals(start, plan.interval_unit, plan.interval_count, 1))
 
 
+@dataclass(frozen=True)
+class _PlanFacts:
+    """What renewing on a plan reads of it: its pricing terms and its features' ids by code."""
+
+    terms: PlanTerms
+    feature_ids: dict[str, int]
+
+
+#: The facts of each plan a batch of renewals has read, by plan id (None outside `batch`).
+_batch_plans: ContextVar[dict[int, _PlanFacts] | None] = ContextVar("renewal_batch_plans", default=None)
+
+
+@contextmanager
+def batch() -> Iterator[None]:
+    """Renew a batch: each plan's terms are read once for the batch instead of once per subscription (a
+    plan, its features and their tiers are four queries). A batch job lasts seconds, and a plan edited
+    meanwhile prices the renewals of the next one; outside a batch every renewal reads its plan afresh."""
+    token = _batch_plans.set({})
+    try:
+        yield
+    finally:
+        _batch_plans.reset(token)
+
+
+def _plan_facts(plan: Plan) -> _PlanFacts:
+    cache = _batch_plans.get()
+    plan_id = sa.inspect(plan).identity[0] if sa.inspect(plan).identity else plan.id  # no reload if expired
+    facts = cache.get(plan_id) if cache is not None else None
+    if facts is None:
+        from portal.services.catalog.views import plan_terms
+
+        facts = _PlanFacts(plan_terms(plan), {pf.feature.code: pf.feature_id for pf in plan.features})
+        if cache is not None:
+            cache[plan_id] = facts
+    return facts
+
+
 def period_counts(sub: Subscription, terms: PlanTerms) -> dict[str, Counted]:
     """The current period's counters of the features billed at its end, by feature code."""
     codes = billed_codes(terms)
     if not codes:
         return {}
-    feature_ids = {pf.feature.code: pf.feature_id for pf in sub.plan.features}
+    feature_ids = _plan_facts(sub.plan).feature_ids
     codes_by_id = {feature_ids[code]: code for code in codes if code in feature_ids}
     counters = db.session.execute(sa.select(UsageCounter.feature_id, UsageCounter.used, UsageCounter.bonus).where(
         UsageCounter.user_id == sub.user_id, UsageCounter.feature_id.in_(codes_by_id),
@@ -94,18 +134,16 @@ def period_counts(sub: Subscription, terms: PlanTerms) -> dict[str, Counted]:
 def draft(sub: Subscription, plan: Plan | None, period: Period | None) -> tuple[BilledLine, ...]:
     """The lines the renewal of `sub` would bill now: `plan`'s fee for `period` (None when the
     subscription ends) and the current period's use so far (none for a trial)."""
-    from portal.services.catalog.views import plan_terms
-
-    closing = None if sub.status is _S.TRIALING else plan_terms(sub.plan)
+    closing = None if sub.status is _S.TRIALING else _plan_facts(sub.plan).terms
     return renewal_lines(
-        next_terms=plan_terms(plan) if plan is not None else None, next_period=period,
+        next_terms=_plan_facts(plan).terms if plan is not None else None, next_period=period,
         closing_terms=closing, closing_period=Period(sub.current_period_start, sub.current_period_end),
         counted=period_counts(sub, closing) if closing is not None else {},
     )
 
 
 def _drafts(sub: Subscription, lines: tuple[BilledLine, ...]) -> list[LineDraft]:
-    feature_ids = {pf.feature.code: pf.feature_id for pf in sub.plan.features}
+    feature_ids = _plan_facts(sub.plan).feature_ids
     return [LineDraft(_KINDS[line.kind], line.description[:255], line.amount, quantity=line.quantity,
                       feature_id=feature_ids.get(line.feature) if line.feature else None,
                       breakdown=breakdown_data(line.breakdown),
@@ -264,6 +302,15 @@ def due(sub: Subscription | None, at: datetime) -> bool:
     return sub is not None and sub.status in (_S.ACTIVE, _S.TRIALING) and sub.current_period_end <= at
 
 
+def due_ids(subscription_ids: list[int]) -> list[int]:
+    """Those of these subscriptions that are due (`due`), in the order given: one query for a batch."""
+    table = Subscription.__table__
+    found = set(db.session.execute(sa.select(table.c.id).where(
+        table.c.id.in_(subscription_ids), table.c.status.in_([_S.ACTIVE.value, _S.TRIALING.value]),
+        table.c.current_period_end <= now())).scalars())
+    return [sid for sid in subscription_ids if sid in found]
+
+
 def renew(subscription_id: int) -> str:
     """One renewal step of a subscription whose period is over; returns what happened: "renewed",
     "converted" (a trial's first paid period), "free" (nothing to bill), "failed" (past due now),
@@ -290,9 +337,10 @@ def renew(subscription_id: int) -> str:
     if sum(line.amount for line in lines) <= 0:
         effect.advance(sub, None)
         return "free"
+    # fresh: no invoice had this key a moment ago, and the subscription it is priced from is locked
     outcome = purchases.buy(user, effect, _drafts(sub, lines), key=renewal_key(sub.id, period.start),
                             currency=plan.currency, subscription_id=sub.id, period_start=period.start,
-                            period_end=period.end, off_session=True)
+                            period_end=period.end, off_session=True, fresh=True)
     return _result(outcome, effect)
 
 
@@ -444,6 +492,6 @@ def retry_with_new_card(method: PaymentMethod) -> purchases.Outcome | None:
 
 
 __all__ = [
-    "ADVANCED", "FinalUse", "Renewal", "draft", "due", "expire", "next_period", "open_renewal", "pay_now",
+    "ADVANCED", "FinalUse", "Renewal", "batch", "draft", "due", "due_ids", "expire", "next_period", "open_renewal", "pay_now",
     "period_counts", "renew", "renewal_key", "restore_free_plan", "retry_with_new_card", "send_reminders",
 ]

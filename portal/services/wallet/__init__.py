@@ -72,12 +72,14 @@ def debit(
     kind: EntryKind = EntryKind.PAYMENT,
     actor_id: int | None = None,
     reference: str | None = None,
+    wallet: Wallet | None = None,
 ) -> WalletEntry:
-    """Take `amount` minor units from the wallet, or raise InsufficientFunds and change nothing."""
+    """Take `amount` minor units from the wallet, or raise InsufficientFunds and change nothing
+    (`wallet`: the customer's wallet, when the caller has it at hand)."""
     _check_amount(amount)
     if kind not in _DEBIT_KINDS:
         raise WalletError(f"a {kind.value} cannot take money from a wallet")
-    return _move(user_id, -amount, kind, reason, idempotency_key, actor_id, reference)
+    return _move(user_id, -amount, kind, reason, idempotency_key, actor_id, reference, wallet)
 
 
 def refund_to_wallet(user_id: int, amount: int, *, reason: str, idempotency_key: str, **kw) -> WalletEntry:
@@ -100,11 +102,13 @@ def _move(
     key: str,
     actor_id: int | None,
     reference: str | None,
+    wallet: Wallet | None = None,
 ) -> WalletEntry:
     existing = _existing(key)
     if existing is not None:
         return _replay(existing, user_id, signed, kind)
-    wallet = get_wallet(user_id)
+    if wallet is None or wallet.user_id != user_id:
+        wallet = get_wallet(user_id)
     table = Wallet.__table__
     guard = table.c.id == wallet.id
     if signed < 0:

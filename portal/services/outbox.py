@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from portal.clock import now
 from portal.extensions import db
 from portal.models import OutboxMessage
+from portal.services.statements import insert_loaded
 
 log = logging.getLogger(__name__)
 _PENDING = "outbox_pending"
@@ -55,9 +56,8 @@ def queue(name: str) -> Queue:
 
 def enqueue_after_commit(func: str, *args: Any, queue_name: str = "default", job_id: str | None = None) -> OutboxMessage:
     """Record a job (a dotted function path and JSON-able args) to enqueue once this transaction commits."""
-    message = OutboxMessage(queue=queue_name, func=func, args=list(args), job_id=job_id or uuid.uuid4().hex)
-    db.session.add(message)
-    db.session.flush()
+    message = insert_loaded(OutboxMessage(queue=queue_name, func=func, args=list(args),
+                                          job_id=job_id or uuid.uuid4().hex))
     db.session.info.setdefault(_PENDING, []).append(message.id)
     return message
 

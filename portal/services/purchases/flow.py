@@ -96,24 +96,29 @@ def buy(
     Raises PurchaseInProgress when another open purchase holds the subject. Commits once, before
     Stripe is called.
 
-    `fresh`: the caller found no invoice under `key` a moment ago and priced `effect` from its subject
-    locked in this transaction (a renewal). The lookups that only answer a repeat or a concurrent
-    purchase early are skipped, and so is the effect's check; the unique indexes still decide (the
-    IntegrityError path below answers exactly as those lookups would).
+    `fresh`: the caller found no invoice under `key` a moment ago and priced `effect` from its subject,
+    locked in this transaction since (a renewal). The lookups that only answer a repeat or a concurrent
+    purchase early are skipped, and so is the effect's check; the unique indexes still decide.
     """
-    if not fresh:
-        existing = invoices.by_key(key)
-        if existing is not None:
-            return resume(existing, off_session=off_session)
-        if subscription_id is not None:
-            _refuse_if_in_progress(subscription_id, effect.reason)
+    def issue() -> Invoice:
+        return invoices.create_invoice(
+            user.id, currency, lines, reason=effect.reason, subscription_id=subscription_id,
+            period_start=period_start, period_end=period_end, idempotency_key=key, purchase=effect.data(),
+            known_new=True,  # looked up just below (or by the fresh caller); the unique key decides
+        )
+
+    if fresh:
+        # Under the subject's lock nothing else issues this purchase: no savepoint to fall back to. Should
+        # a unique index refuse it all the same, the caller's transaction fails whole (nothing is paid).
+        return _pay(user, issue(), effect, off_session=off_session, checked=True, new=True)
+    existing = invoices.by_key(key)
+    if existing is not None:
+        return resume(existing, off_session=off_session)
+    if subscription_id is not None:
+        _refuse_if_in_progress(subscription_id, effect.reason)
     try:
         with db.session.begin_nested():
-            invoice = invoices.create_invoice(
-                user.id, currency, lines, reason=effect.reason, subscription_id=subscription_id,
-                period_start=period_start, period_end=period_end, idempotency_key=key, purchase=effect.data(),
-                known_new=True,  # looked up just above (or by the fresh caller); the unique key decides
-            )
+            invoice = issue()
     except IntegrityError:
         # A concurrent request won: the same purchase (its key), or another one of this subject.
         existing = invoices.by_key(key)
@@ -122,7 +127,7 @@ def buy(
         if subscription_id is not None:
             _refuse_if_in_progress(subscription_id, effect.reason)
         raise
-    return _pay(user, invoice, effect, off_session=off_session, checked=fresh, new=True)
+    return _pay(user, invoice, effect, off_session=off_session, new=True)
 
 
 def _refuse_if_in_progress(subscription_id: int, reason: str) -> None:
@@ -184,7 +189,7 @@ def _pay_from_wallet(invoice: Invoice, *, new: bool = False) -> Payment | None:
     key = f"invoice:{invoice.number}:wallet" + (f":{earlier + 1}" if earlier else "")
     try:
         wallet.debit(invoice.user_id, take, reason=f"Payment of {invoice.number}", idempotency_key=key,
-                     reference=f"invoice:{invoice.number}", wallet=account)
+                     reference=f"invoice:{invoice.number}", wallet=account, new_key=new)
     except wallet.InsufficientFunds:  # spent by a concurrent payment a moment ago: the card pays it all
         return None
     part = payments.wallet_payment(invoice, take, key, description=f"Wallet → {invoice.number}")

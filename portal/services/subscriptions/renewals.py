@@ -117,6 +117,13 @@ def _plan_facts(plan: Plan) -> _PlanFacts:
     return facts
 
 
+_COUNTER_TABLE = UsageCounter.__table__
+_COUNTERS = sa.select(_COUNTER_TABLE.c.feature_id, _COUNTER_TABLE.c.used, _COUNTER_TABLE.c.bonus).where(
+    _COUNTER_TABLE.c.user_id == sa.bindparam("user_id"),
+    _COUNTER_TABLE.c.feature_id.in_(sa.bindparam("feature_ids", expanding=True)),
+    _COUNTER_TABLE.c.window_start == sa.bindparam("window_start", type_=_COUNTER_TABLE.c.window_start.type))
+
+
 def period_counts(sub: Subscription, terms: PlanTerms) -> dict[str, Counted]:
     """The current period's counters of the features billed at its end, by feature code."""
     codes = billed_codes(terms)
@@ -124,10 +131,8 @@ def period_counts(sub: Subscription, terms: PlanTerms) -> dict[str, Counted]:
         return {}
     feature_ids = _plan_facts(sub.plan).feature_ids
     codes_by_id = {feature_ids[code]: code for code in codes if code in feature_ids}
-    counters = db.session.execute(sa.select(UsageCounter.feature_id, UsageCounter.used, UsageCounter.bonus).where(
-        UsageCounter.user_id == sub.user_id, UsageCounter.feature_id.in_(codes_by_id),
-        UsageCounter.window_start == sub.current_period_start,
-    ))
+    counters = db.session.execute(_COUNTERS, {"user_id": sub.user_id, "feature_ids": list(codes_by_id),
+                                              "window_start": sub.current_period_start})
     return {codes_by_id[row.feature_id]: Counted(row.used, row.bonus) for row in counters}
 
 
@@ -302,6 +307,10 @@ def due(sub: Subscription | None, at: datetime) -> bool:
     return sub is not None and sub.status in (_S.ACTIVE, _S.TRIALING) and sub.current_period_end <= at
 
 
+_DUE_READ = sa.select(Subscription.__table__.c.status, Subscription.__table__.c.current_period_end).where(
+    Subscription.__table__.c.id == sa.bindparam("id"))
+
+
 def due_ids(subscription_ids: list[int]) -> list[int]:
     """Those of these subscriptions that are due (`due`), in the order given: one query for a batch."""
     table = Subscription.__table__
@@ -317,16 +326,16 @@ def renew(subscription_id: int) -> str:
     "pending" (the bank's answer is awaited), "canceled" (a cancellation took effect) or "not_due".
     Flushes; the caller commits (the purchase path commits before it calls Stripe)."""
     at = now()
-    sub = db.session.get(Subscription, subscription_id)
-    if not due(sub, at):
+    seen = db.session.execute(_DUE_READ, {"id": subscription_id}).first()  # a plain read: nothing locked yet
+    if seen is None or seen.status not in (_S.ACTIVE, _S.TRIALING) or seen.current_period_end > at:
         return "not_due"
-    existing = invoices.by_key(renewal_key(sub.id, sub.current_period_end))
+    existing = invoices.id_by_key(renewal_key(subscription_id, seen.current_period_end))
     if existing is not None:  # started before (a crash, a lost answer): finish that one
-        return _resume(existing)
-    sub = subscriptions.lock(subscription_id)
-    if not due(sub, at):
+        return _resume(db.session.get(Invoice, existing))
+    locked = subscriptions.lock_with_owner(subscription_id)
+    if locked is None or not due(locked[0], at):
         return "not_due"
-    user = db.session.get(User, sub.user_id)
+    sub, user = locked
     if sub.cancel_at_period_end:
         return _end(sub, user)
     plan = sub.scheduled_plan or sub.plan  # a scheduled downgrade takes effect with the next period
@@ -337,10 +346,12 @@ def renew(subscription_id: int) -> str:
     if sum(line.amount for line in lines) <= 0:
         effect.advance(sub, None)
         return "free"
-    # fresh: no invoice had this key a moment ago, and the subscription it is priced from is locked
+    # fresh: no invoice had this key a moment ago (unless the period moved meanwhile), and the subscription
+    # it is priced from is locked
     outcome = purchases.buy(user, effect, _drafts(sub, lines), key=renewal_key(sub.id, period.start),
                             currency=plan.currency, subscription_id=sub.id, period_start=period.start,
-                            period_end=period.end, off_session=True, fresh=True)
+                            period_end=period.end, off_session=True,
+                            fresh=period.start == seen.current_period_end)
     return _result(outcome, effect)
 
 

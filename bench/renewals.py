@@ -700,7 +700,7 @@ def main() -> int:
     parser.add_argument("--card-subscriptions", dest="card_subscriptions", type=int,
                         help="due card-paid subscriptions, through localstripe (default 1,000; 0 skips the case)")
     parser.add_argument("--batch-size", dest="batch_size", type=int,
-                        help="subscriptions per renewal job (default: the app's RENEWAL_BATCH_SIZE, 50)")
+                        help="subscriptions per renewal job (default: the app's RENEWAL_BATCH_SIZE, 200)")
     parser.add_argument("--profile", type=int, metavar="N",
                         help="instead of the benchmark: renew N wallet subscriptions in this process under "
                              "cProfile, with the SQL statements per renewal")

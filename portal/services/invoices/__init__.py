@@ -101,7 +101,8 @@ def create_invoice(
     return invoice
 
 
-_LINES_INSERT = InvoiceLine.__table__.insert()
+#: With RETURNING, SQLAlchemy writes all the lines in one multi-row INSERT (not one statement per line).
+_LINES_INSERT = InvoiceLine.__table__.insert().returning(InvoiceLine.__table__.c.id)
 
 
 def by_key(idempotency_key: str) -> Invoice | None:

@@ -34,6 +34,7 @@ from portal.models import (
     Refund,
     RetryStrategy,
     User,
+    Wallet,
 )
 from portal.payments.errors import PaymentError, from_code
 from portal.services import invoices, notifications, outbox, payments, retries, wallet
@@ -110,7 +111,9 @@ def buy(
     if fresh:
         # Under the subject's lock nothing else issues this purchase: no savepoint to fall back to. Should
         # a unique index refuse it all the same, the caller's transaction fails whole (nothing is paid).
-        return _pay(user, issue(), effect, off_session=off_session, checked=True, new=True)
+        # The wallet is read first: from the invoice number on, the transaction holds the numbers' lock.
+        account = wallet.get_wallet(user.id, currency) if effect.wallet_pays else None
+        return _pay(user, issue(), effect, off_session=off_session, checked=True, new=True, account=account)
     existing = invoices.by_key(key)
     if existing is not None:
         return resume(existing, off_session=off_session)
@@ -149,9 +152,10 @@ def resume(invoice: Invoice, *, off_session: bool = False) -> Outcome:
 
 
 def _pay(user: User, invoice: Invoice, effect: Effect, *, off_session: bool, checked: bool = False,
-         new: bool = False) -> Outcome:
+         new: bool = False, account: Wallet | None = None) -> Outcome:
     """Pay an open invoice; `checked`: its subject was priced under a lock held since, `new`: it was
-    issued in this transaction (nothing has paid toward it yet)."""
+    issued in this transaction (nothing has paid toward it yet), `account`: the customer's wallet, read
+    in this transaction."""
     if not checked:
         try:
             effect.check(invoice)
@@ -162,7 +166,7 @@ def _pay(user: User, invoice: Invoice, effect: Effect, *, off_session: bool, che
         _deliver(invoice, effect, None)
         return Outcome("paid", invoice)
     if effect.wallet_pays:
-        wallet_part = _pay_from_wallet(invoice, new=new)
+        wallet_part = _pay_from_wallet(invoice, new=new, account=account)
         if invoice.status is InvoiceStatus.PAID:
             _deliver(invoice, effect, wallet_part)
             return Outcome("paid", invoice, wallet_part)
@@ -177,10 +181,11 @@ def _pay(user: User, invoice: Invoice, effect: Effect, *, off_session: bool, che
     return _submit(payment, off_session=off_session)
 
 
-def _pay_from_wallet(invoice: Invoice, *, new: bool = False) -> Payment | None:
+def _pay_from_wallet(invoice: Invoice, *, new: bool = False, account: Wallet | None = None) -> Payment | None:
     """Take what the wallet can of what the invoice owes, in the invoice's currency only (`new`: the
     invoice was issued in this transaction, so no earlier wallet part can exist)."""
-    account = wallet.get_wallet(invoice.user_id, invoice.currency)
+    if account is None or account.user_id != invoice.user_id:
+        account = wallet.get_wallet(invoice.user_id, invoice.currency)
     take = min(account.balance, invoice.amount_due)
     if account.currency != invoice.currency or take <= 0:
         return None

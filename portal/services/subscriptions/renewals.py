@@ -19,7 +19,7 @@ locked before the subscription, as the purchase path's settle does.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -80,16 +80,9 @@ def next_period(sub: Subscription, plan: Plan) -> tuple[datetime, Period]:
     return start, Period(start, add_intervals(start, plan.interval_unit, plan.interval_count, 1))
 
 
-@dataclass(frozen=True)
-class _PlanFacts:
-    """What renewing on a plan reads of it: its pricing terms and its features' ids by code."""
-
-    terms: PlanTerms
-    feature_ids: dict[str, int]
-
-
-#: The facts of each plan a batch of renewals has read, by plan id (None outside `batch`).
-_batch_plans: ContextVar[dict[int, _PlanFacts] | None] = ContextVar("renewal_batch_plans", default=None)
+#: What a batch of renewals has read of each plan: ("terms" or "features", plan id) -> its pricing terms or
+#: its features' ids by code (None outside `batch`).
+_batch_plans: ContextVar[dict[tuple[str, int], Any] | None] = ContextVar("renewal_batch_plans", default=None)
 
 
 @contextmanager
@@ -104,17 +97,25 @@ def batch() -> Iterator[None]:
         _batch_plans.reset(token)
 
 
-def _plan_facts(plan: Plan) -> _PlanFacts:
+def _of_plan(what: str, plan: Plan, read: Callable[[Plan], Any]) -> Any:
     cache = _batch_plans.get()
-    plan_id = sa.inspect(plan).identity[0] if sa.inspect(plan).identity else plan.id  # no reload if expired
-    facts = cache.get(plan_id) if cache is not None else None
-    if facts is None:
-        from portal.services.catalog.views import plan_terms
+    if cache is None:
+        return read(plan)
+    identity = sa.inspect(plan).identity  # its id without reloading it (it expires with every commit)
+    key = (what, identity[0] if identity else plan.id)
+    if key not in cache:
+        cache[key] = read(plan)
+    return cache[key]
 
-        facts = _PlanFacts(plan_terms(plan), {pf.feature.code: pf.feature_id for pf in plan.features})
-        if cache is not None:
-            cache[plan_id] = facts
-    return facts
+
+def _terms(plan: Plan) -> PlanTerms:
+    from portal.services.catalog.views import plan_terms
+
+    return _of_plan("terms", plan, plan_terms)
+
+
+def _feature_ids(plan: Plan) -> dict[str, int]:
+    return _of_plan("features", plan, lambda p: {pf.feature.code: pf.feature_id for pf in p.features})
 
 
 _COUNTER_TABLE = UsageCounter.__table__
@@ -129,7 +130,7 @@ def period_counts(sub: Subscription, terms: PlanTerms) -> dict[str, Counted]:
     codes = billed_codes(terms)
     if not codes:
         return {}
-    feature_ids = _plan_facts(sub.plan).feature_ids
+    feature_ids = _feature_ids(sub.plan)
     codes_by_id = {feature_ids[code]: code for code in codes if code in feature_ids}
     counters = db.session.execute(_COUNTERS, {"user_id": sub.user_id, "feature_ids": list(codes_by_id),
                                               "window_start": sub.current_period_start})
@@ -139,16 +140,16 @@ def period_counts(sub: Subscription, terms: PlanTerms) -> dict[str, Counted]:
 def draft(sub: Subscription, plan: Plan | None, period: Period | None) -> tuple[BilledLine, ...]:
     """The lines the renewal of `sub` would bill now: `plan`'s fee for `period` (None when the
     subscription ends) and the current period's use so far (none for a trial)."""
-    closing = None if sub.status is _S.TRIALING else _plan_facts(sub.plan).terms
+    closing = None if sub.status is _S.TRIALING else _terms(sub.plan)
     return renewal_lines(
-        next_terms=_plan_facts(plan).terms if plan is not None else None, next_period=period,
+        next_terms=_terms(plan) if plan is not None else None, next_period=period,
         closing_terms=closing, closing_period=Period(sub.current_period_start, sub.current_period_end),
         counted=period_counts(sub, closing) if closing is not None else {},
     )
 
 
 def _drafts(sub: Subscription, lines: tuple[BilledLine, ...]) -> list[LineDraft]:
-    feature_ids = _plan_facts(sub.plan).feature_ids
+    feature_ids = _feature_ids(sub.plan)
     return [LineDraft(_KINDS[line.kind], line.description[:255], line.amount, quantity=line.quantity,
                       feature_id=feature_ids.get(line.feature) if line.feature else None,
                       breakdown=breakdown_data(line.breakdown),

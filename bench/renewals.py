@@ -117,7 +117,7 @@ def build_app(url: str, services: Services, batch_size: int):
     return create_app(app_config(url, services, batch_size))
 
 
-def worker_env(url: str, services: Services, batch_size: int) -> dict[str, str]:
+def worker_env(url: str, services: Services, batch_size: int, root: Path = ROOT) -> dict[str, str]:
     """What `python -m worker` needs: everything comes from the environment (portal/config.py)."""
     env = {k: v for k, v in os.environ.items() if k != "CLOCK_ADJUSTABLE"}
     env.update({
@@ -126,7 +126,7 @@ def worker_env(url: str, services: Services, batch_size: int) -> dict[str, str]:
         "PORTAL_INSTANCE_PATH": str(services.workdir / "instance"), "SECRET_KEY": SECRET_KEY,
         "STRIPE_SECRET_KEY": STRIPE_KEY, "STRIPE_API_BASE": services.stripe.url if services.stripe else "",
         "RENEWAL_BATCH_SIZE": str(batch_size), "RATELIMIT_STORAGE_URI": "memory://", "TZ": "UTC",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p),
         "PYTHONWARNINGS": "ignore::DeprecationWarning",
     })
     return env
@@ -135,8 +135,8 @@ def worker_env(url: str, services: Services, batch_size: int) -> dict[str, str]:
 class Workers:
     """`python -m worker --workers N --no-scheduler --queues billing`, stopped (with its children) by stop()."""
 
-    def __init__(self, env: dict[str, str], count: int, log: Path) -> None:
-        self.env, self.count, self.log_path = env, count, log
+    def __init__(self, env: dict[str, str], count: int, log: Path, root: Path = ROOT) -> None:
+        self.env, self.count, self.log_path, self.root = env, count, log, root
         self.proc: subprocess.Popen | None = None
 
     def start(self, redis_conn, timeout: float = 90) -> Workers:
@@ -146,7 +146,7 @@ class Workers:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "worker", "--workers", str(self.count), "--no-scheduler",
                  "--queues", "billing", "--grace", "10"],
-                cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.root, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while len(Worker.all(connection=redis_conn)) < self.count:
@@ -392,8 +392,10 @@ class Round:
         return self.renewed / self.seconds if self.seconds else 0.0
 
 
-def run_round(dbs: Databases, case: str, n: int, number: int, args) -> Round:
-    """A fresh copy of the case's template, W workers, the sweep, the clock until all are renewed, counts."""
+def run_round(dbs: Databases, case: str, n: int, number: int, args, side: Side | None = None) -> Round:
+    """A fresh copy of the case's template, W workers, the sweep, the clock until all are renewed, counts.
+    `side`: whose workers renew (this checkout's, or --baseline's) and their batch size."""
+    side = side or Side("", ROOT, args.batch_size)
     from rq import Queue
     from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
@@ -401,15 +403,15 @@ def run_round(dbs: Databases, case: str, n: int, number: int, args) -> Round:
     from worker import billing
 
     services = dbs.services
-    name = f"{case}_round{number}"
+    name = f"{case}_round{number}{'_' + side.label if side.label else ''}"
     url = dbs.create(name, template=case)
     redis = services.redis_conn()
     redis.flushall()
     intents_before = stripe_intents(services) if case == "card" else Counter()
-    workers = Workers(worker_env(url, services, args.batch_size), args.workers,
-                      services.workdir / f"workers-{dbs.backend}-{name}.log")
+    workers = Workers(worker_env(url, services, side.batch_size, side.root), args.workers,
+                      services.workdir / f"workers-{dbs.backend}-{name}.log", side.root)
     poll = None
-    app = build_app(url, services, args.batch_size)
+    app = build_app(url, services, side.batch_size)  # the sweep fans out batches of the side's size
     try:
         workers.start(redis)
         postmaster = postmaster_pid(services.pg if dbs.backend == "postgres" else None)
@@ -534,12 +536,35 @@ def expected(case: str, n: int) -> dict[str, int]:
 
 # --- the whole run ------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Side:
+    """Whose workers renew: this checkout's (label "") or --baseline's, with their batch size."""
+
+    label: str
+    root: Path
+    batch_size: int
+
+
+def baseline_side(checkout: str) -> Side:
+    """--baseline: another checkout of the portal (same migrations), its workers with its own batch size."""
+    root = Path(checkout).resolve()
+    size = subprocess.run(
+        [sys.executable, "-c", "from portal.config import load_config; print(load_config()['RENEWAL_BATCH_SIZE'])"],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, check=True)
+    return Side("baseline", root, int(size.stdout.strip().splitlines()[-1]))
+
+
 @dataclass
 class Result:
     backend: str
     case: str
     subscriptions: int
     rounds: list[Round] = field(default_factory=list)
+    side: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.case} ({self.side})" if self.side else self.case
 
     @property
     def wrong(self) -> list[str]:
@@ -569,17 +594,21 @@ def run_backend(backend: str, args, services: Services) -> list[Result]:
         sizes = {case: n for case, n in sizes.items() if n > 0}
         for case, n in sizes.items():
             seed_case(dbs, case, n, args.batch_size)
-        results = {case: Result(backend, case, n) for case, n in sizes.items()}
+        sides = [Side("", ROOT, args.batch_size)] + ([baseline_side(args.baseline)] if args.baseline else [])
+        results = {(side.label, case): Result(backend, case, n, side=side.label)
+                   for case, n in sizes.items() for side in sides}
         for number in range(1, args.rounds + 1):
             for case, n in sizes.items():
-                r = run_round(dbs, case, n, number, args)
-                results[case].rounds.append(r)
-                cpu = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_ms.items() if v is not None)
-                locks = f", a backend waiting on a lock in {r.lock_wait_share:.0%} of samples" \
-                    if r.lock_wait_share is not None else ""
-                print(f"  {backend} {case} round {number}: {r.renewed:,}/{n:,} renewed in {r.seconds:.2f} s = "
-                      f"{r.rate:,.0f}/s (sweep {r.sweep_seconds:.2f} s); jobs said {r.outcomes}; "
-                      f"CPU ms per renewal: {cpu}{locks}", flush=True)
+                for side in sides if number % 2 else sides[::-1]:  # alternate which side goes first
+                    r = run_round(dbs, case, n, number, args, side)
+                    results[side.label, case].rounds.append(r)
+                    cpu = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_ms.items() if v is not None)
+                    locks = f", a backend waiting on a lock in {r.lock_wait_share:.0%} of samples" \
+                        if r.lock_wait_share is not None else ""
+                    what = f"{case} ({side.label}, batches of {side.batch_size})" if side.label else case
+                    print(f"  {backend} {what} round {number}: {r.renewed:,}/{n:,} renewed in {r.seconds:.2f} s = "
+                          f"{r.rate:,.0f}/s (sweep {r.sweep_seconds:.2f} s); jobs said {r.outcomes}; "
+                          f"CPU ms per renewal: {cpu}{locks}", flush=True)
         return list(results.values())
     finally:
         if services.pg is not None:
@@ -603,23 +632,23 @@ def print_tables(results: list[Result], args) -> None:
         last = r.rounds[-1].counts if r.rounds else {}
         rates = ", ".join(f"{x.rate:,.0f}" for x in r.rounds)
         cpu = " / ".join(fmt(r.cpu(k)) for k in ("workers", "postgres", "localstripe", "bench"))
-        print(f"| {r.backend} | {r.case} | {r.subscriptions:,} | **{r.median('rate'):,.0f}** | {rates} | "
+        print(f"| {r.backend} | {r.label} | {r.subscriptions:,} | **{r.median('rate'):,.0f}** | {rates} | "
               f"{last.get('invoices', 0):,} | {last.get('lines', 0):,} | {last.get('debits', 0):,} | "
               f"{last.get('receipts', 0):,} | {last.get('events', 0):,} | {last.get('card payments', 0):,} | "
               f"{last['intents'] if 'intents' in last else '—'} | {cpu} | {'✓' if r.ok else '✗'} |")
-    print(f"\n{'backend':<9} {'case':<7} {'subs':>7} {'renewals/s':>11} {'rounds(/s)':<20} {'invoices':>9} "
+    print(f"\n{'backend':<9} {'case':<18} {'subs':>7} {'renewals/s':>11} {'rounds(/s)':<20} {'invoices':>9} "
           f"{'lines':>7} {'debits':>7} {'receipts':>9} {'events':>7} {'intents':>8} {'cpu_ms(w/pg/stripe/bench)':<27} ok")
     for r in results:
         last = r.rounds[-1].counts if r.rounds else {}
         rates = "/".join(f"{x.rate:.0f}" for x in r.rounds) or "-"
         cpu = "/".join(fmt(r.cpu(k)) for k in ("workers", "postgres", "localstripe", "bench"))
-        print(f"{r.backend:<9} {r.case:<7} {r.subscriptions:>7} {r.median('rate') if r.rounds else 0:>11.0f} "
+        print(f"{r.backend:<9} {r.label:<18} {r.subscriptions:>7} {r.median('rate') if r.rounds else 0:>11.0f} "
               f"{rates:<20} {last.get('invoices', 0):>9} {last.get('lines', 0):>7} {last.get('debits', 0):>7} "
               f"{last.get('receipts', 0):>9} {last.get('events', 0):>7} {last.get('intents', '-'):>8} "
               f"{cpu:<27} {'✓' if r.ok else '✗'}")
     for r in results:
         for problem in r.wrong:
-            print(f"✗ {r.backend} {r.case}: {problem}")
+            print(f"✗ {r.backend} {r.label}: {problem}")
 
 
 # --- --profile: one worker's renewals in this process -------------------------------------------------------
@@ -700,7 +729,10 @@ def main() -> int:
     parser.add_argument("--card-subscriptions", dest="card_subscriptions", type=int,
                         help="due card-paid subscriptions, through localstripe (default 1,000; 0 skips the case)")
     parser.add_argument("--batch-size", dest="batch_size", type=int,
-                        help="subscriptions per renewal job (default: the app's RENEWAL_BATCH_SIZE, 50)")
+                        help="subscriptions per renewal job (default: the app's RENEWAL_BATCH_SIZE, 200)")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="another checkout of the portal (e.g. `git worktree add /tmp/base <rev>`): its workers "
+                             "renew in alternate rounds, on copies of the same databases, with its own batch size")
     parser.add_argument("--profile", type=int, metavar="N",
                         help="instead of the benchmark: renew N wallet subscriptions in this process under "
                              "cProfile, with the SQL statements per renewal")

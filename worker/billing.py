@@ -23,24 +23,41 @@ log = logging.getLogger(__name__)
 MAX_PERIODS_PER_RUN = 36
 
 
-def _each(ids: list[int], step: Callable[[int], str], *, repeat: tuple[str, ...] = ()) -> dict[str, int]:
+def _each(ids: list[int], step: Callable[[int], str], *, repeat: tuple[str, ...] = (),
+          due_again: Callable[[list[int]], list[int]] | None = None) -> dict[str, int]:
     """Run `step` for each id in its own transaction (committed, or rolled back and counted as an error);
-    while it answers one of `repeat`, run it again for the same id (the next missed period)."""
+    for the ids it answered one of `repeat`, run it again (the next missed period) once the batch is
+    through, those `due_again` keeps (one query for the batch instead of one per id).
+
+    The emails and jobs the transactions leave in the outbox are dispatched together at the end (the
+    scheduler's sweep sends them if this process dies first)."""
     from portal.extensions import db
+    from portal.services import outbox
 
     counts: Counter[str] = Counter()
-    for subscription_id in ids:
+    pending = list(ids)
+    with outbox.dispatch_after_all():
         for _ in range(MAX_PERIODS_PER_RUN):
-            try:
-                result = step(subscription_id)
-                db.session.commit()
-            except Exception:
-                db.session.rollback()
-                log.exception("subscription %s: %s failed", subscription_id, step.__name__)
-                result = "error"
-            counts[result] += 1
-            if result not in repeat:
+            again: list[int] = []
+            for subscription_id in pending:
+                try:
+                    result = step(subscription_id)
+                    db.session.commit()
+                except Exception:
+                    db.session.rollback()
+                    log.exception("subscription %s: %s failed", subscription_id, step.__name__)
+                    result = "error"
+                counts[result] += 1
+                if result in repeat:
+                    again.append(subscription_id)
+            if not again:
                 break
+            pending = again
+            if due_again is not None:
+                pending = due_again(again)
+                db.session.commit()
+                if not pending:
+                    break
     counts.pop("not_due", None)
     return dict(counts)
 
@@ -50,7 +67,8 @@ def renew_subscriptions(ids: list[int]) -> dict[str, int]:
     """Renew each of these due subscriptions (and any period it missed); counts by outcome."""
     from portal.services.subscriptions import renewals
 
-    return _each(ids, renewals.renew, repeat=renewals.ADVANCED)
+    with renewals.batch():
+        return _each(ids, renewals.renew, repeat=renewals.ADVANCED, due_again=renewals.due_ids)
 
 
 @job("billing")

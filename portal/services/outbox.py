@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -22,9 +24,13 @@ from sqlalchemy.orm import Session
 from portal.clock import now
 from portal.extensions import db
 from portal.models import OutboxMessage
+from portal.services.statements import insert_loaded
 
 log = logging.getLogger(__name__)
 _PENDING = "outbox_pending"
+_HELD = "outbox_held"
+#: Messages claimed, enqueued and marked per statement by one dispatch.
+DISPATCH_CHUNK = 500
 
 
 def init_app(app: Flask) -> None:
@@ -50,9 +56,8 @@ def queue(name: str) -> Queue:
 
 def enqueue_after_commit(func: str, *args: Any, queue_name: str = "default", job_id: str | None = None) -> OutboxMessage:
     """Record a job (a dotted function path and JSON-able args) to enqueue once this transaction commits."""
-    message = OutboxMessage(queue=queue_name, func=func, args=list(args), job_id=job_id or uuid.uuid4().hex)
-    db.session.add(message)
-    db.session.flush()
+    message = insert_loaded(OutboxMessage(queue=queue_name, func=func, args=list(args),
+                                          job_id=job_id or uuid.uuid4().hex))
     db.session.info.setdefault(_PENDING, []).append(message.id)
     return message
 
@@ -72,10 +77,40 @@ def _after_commit(session: Session) -> None:
     ids = session.info.pop(_PENDING, None)
     if not ids:
         return
+    held = session.info.get(_HELD)
+    if held is not None:  # inside dispatch_after_all(): sent together when the block ends
+        held.extend(ids)
+        return
+    _dispatch_now(ids)
+
+
+def _dispatch_now(ids: list[int]) -> None:
     try:
         dispatch(ids)
     except Exception:  # Redis down: the scheduler's sweep will push them later
         log.warning("outbox: could not enqueue %d message(s) now; they stay pending", len(ids), exc_info=True)
+
+
+@contextmanager
+def dispatch_after_all() -> Iterator[None]:
+    """Hold the after-commit dispatch of every transaction committed in this block, and send them all
+    together when it ends (a job that commits once per subscription: one dispatch, not one per commit).
+
+    Still enqueue after commit: only committed messages are held, and they are sent even when the block
+    ends by an exception. If the process dies first, they are pending rows the sweep sends.
+    """
+    session = db.session()
+    if _HELD in session.info:  # nested: the outer block sends
+        yield
+        return
+    held: list[int] = []
+    session.info[_HELD] = held
+    try:
+        yield
+    finally:
+        session.info.pop(_HELD, None)
+        if held:
+            _dispatch_now(held)
 
 
 #: A dispatcher that claimed a message has this long to enqueue it before another may.
@@ -87,48 +122,69 @@ def dispatch(ids: list[int] | None = None, limit: int = 500) -> int:
 
     Each message is claimed first by a guarded update, so an after-commit dispatch and the sweep
     (or two sweeps) never both enqueue it; a claim that is never completed (the process died)
-    lapses after CLAIM_FOR and the sweep takes the message again.
+    lapses after CLAIM_FOR and the sweep takes the message again. Claims and marks are written a
+    chunk of messages per statement.
     """
     table = OutboxMessage.__table__
-    with db.engine.begin() as conn:
-        stmt = select(table).where(table.c.enqueued_at.is_(None))
-        stmt = stmt.where(table.c.id.in_(ids)) if ids else stmt.order_by(table.c.id).limit(limit)
-        rows = conn.execute(stmt).mappings().all()
     sent = 0
-    for row in rows:
-        if not _claim(row["id"]):
-            continue  # another dispatcher has it
-        try:
+    if ids:
+        for start in range(0, len(ids), DISPATCH_CHUNK):
+            sent += _dispatch_rows(select(table).where(table.c.enqueued_at.is_(None),
+                                                       table.c.id.in_(ids[start:start + DISPATCH_CHUNK])))
+        return sent
+    return _dispatch_rows(select(table).where(table.c.enqueued_at.is_(None)).order_by(table.c.id).limit(limit))
+
+
+def _dispatch_rows(stmt) -> int:
+    table = OutboxMessage.__table__
+    with db.engine.begin() as conn:
+        rows = conn.execute(stmt).mappings().all()
+    claimed = _claim_all([row["id"] for row in rows])
+    rows = [row for row in rows if row["id"] in claimed]  # the others: another dispatcher has them
+    done: list[int] = []
+    try:
+        for row in rows:
             connection = redis_connection()
             # A job id that already exists was pushed by a dispatcher that died before marking it.
             if not Job.exists(row["job_id"], connection=connection):
                 Queue(row["queue"], connection=connection).enqueue(
                     row["func"], *row["args"], job_id=row["job_id"], result_ttl=86400, failure_ttl=7 * 86400
                 )
-        except Exception:
-            _unclaim(row["id"])
-            raise
-        with db.engine.begin() as conn:
-            conn.execute(update(table).where(table.c.id == row["id"]).values(enqueued_at=now()))
-        sent += 1
-    return sent
+            done.append(row["id"])
+    except Exception:
+        _unclaim([row["id"] for row in rows if row["id"] not in set(done)])
+        raise
+    finally:
+        if done:
+            with db.engine.begin() as conn:
+                conn.execute(update(table).where(table.c.id.in_(done)).values(enqueued_at=now()))
+    return len(done)
 
 
 def _claim(message_id: int) -> bool:
+    return bool(_claim_all([message_id]))
+
+
+def _claim_all(message_ids: list[int]) -> set[int]:
+    """Claim these messages for CLAIM_FOR (those still pending and not claimed by another); the ids taken."""
+    if not message_ids:
+        return set()
     table = OutboxMessage.__table__
     at = now()
     with db.engine.begin() as conn:
-        return conn.execute(
-            update(table).where(table.c.id == message_id, table.c.enqueued_at.is_(None),
+        return set(conn.execute(
+            update(table).where(table.c.id.in_(message_ids), table.c.enqueued_at.is_(None),
                                 or_(table.c.claimed_until.is_(None), table.c.claimed_until < at))
-            .values(claimed_until=at + CLAIM_FOR)
-        ).rowcount == 1
+            .values(claimed_until=at + CLAIM_FOR).returning(table.c.id)
+        ).scalars())
 
 
-def _unclaim(message_id: int) -> None:
+def _unclaim(message_ids: list[int]) -> None:
+    if not message_ids:
+        return
     table = OutboxMessage.__table__
     with db.engine.begin() as conn:
-        conn.execute(update(table).where(table.c.id == message_id, table.c.enqueued_at.is_(None))
+        conn.execute(update(table).where(table.c.id.in_(message_ids), table.c.enqueued_at.is_(None))
                      .values(claimed_until=None))
 
 

@@ -6,10 +6,16 @@ with a parameter dict on the session's connection. Nothing here caches *data*.
 """
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from portal.extensions import db
+
+T = TypeVar("T")
 
 
 def connection(*, autocommit: bool = False) -> sa.Connection:
@@ -51,3 +57,55 @@ def newest_first(query: sa.Select, id_column: sa.ColumnElement, *, before: int |
         query = query.where(id_column < before)
     rows = list(db.session.scalars(query.order_by(id_column.desc()).limit(size + 1)))
     return rows[:size], rows[size - 1].id if len(rows) > size else None
+
+
+_INSERTS: dict[sa.Table, sa.Insert] = {}
+
+
+def insert_loaded(obj: T) -> T:
+    """Write a new ORM object's row with one prebuilt INSERT ... RETURNING id and put the object in the
+    session as loaded, instead of `session.add(obj); session.flush()`.
+
+    For the hot paths' plain rows (a ledger entry, a payment, an event, an outbox message): the unit of
+    work's flush costs several times the INSERT itself. The row is the one a flush would write: the
+    column defaults a flush would apply are applied here, and set on the object too. Objects with
+    relationships set are not for this (their cascades are the unit of work's job).
+    """
+    mapper = sa.inspect(type(obj))
+    table = mapper.local_table
+    state = sa.inspect(obj)
+    if not state.transient:
+        raise ValueError("insert_loaded takes a new object")
+    values = state.dict
+    params: dict[str, Any] = {}
+    for prop in mapper.column_attrs:
+        column = prop.columns[0]
+        if column.primary_key and prop.key not in values:
+            continue
+        if prop.key in values:
+            params[column.key] = values[prop.key]
+        elif column.default is not None:
+            default = column.default
+            if default.is_callable:
+                value = default.arg(None)  # SQLAlchemy wraps a plain callable to take (and ignore) a context
+            elif default.is_scalar:
+                value = default.arg
+            else:
+                continue  # computed by the database: the attribute loads when it is read
+            params[column.key] = value
+            set_committed_value(obj, prop.key, value)
+        elif column.server_default is None:
+            params[column.key] = None
+            set_committed_value(obj, prop.key, None)
+    for rel in mapper.relationships:
+        if values.get(rel.key):
+            raise ValueError(f"insert_loaded does not write {type(obj).__name__}.{rel.key}")
+    stmt = _INSERTS.get(table)
+    if stmt is None:
+        stmt = _INSERTS[table] = table.insert().returning(*table.primary_key.columns)
+    pk = connection().execute(stmt, params).one()
+    for column, value in zip(table.primary_key.columns, pk):
+        set_committed_value(obj, mapper.get_property_by_column(column).key, value)
+    make_transient_to_detached(obj)
+    db.session.add(obj)
+    return obj

@@ -73,15 +73,26 @@ def _queue(kind: str, context: dict[str, Any], key: str, *, to: str, user_id: in
     subject = render_subject(kind, context, tz_name=tz_name)
     at = now()
     conn = connection()
-    insert = dialect_insert(conn.dialect.name)(_log).values(
+    email_id = conn.execute(_insert(conn.dialect.name), dict(
         user_id=user_id, to_address=to, template=kind, subject=subject[:255], context=context,
         status=EmailStatus.QUEUED.value, attempts=0, idempotency_key=key[:200], created_at=at, next_attempt_at=at,
         interrupted=False, message_id=make_msgid(idstring=uuid.uuid4().hex[:12], domain=_sender_domain() or "portal"),
-    ).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(_log.c.id)
-    email_id = conn.execute(insert).scalar_one_or_none()
+    )).scalar_one_or_none()
     if email_id is not None:
         outbox.enqueue_after_commit(SEND_JOB, email_id, queue_name="emails", job_id=f"email-{email_id}")
     return email_id
+
+
+_INSERTS: dict[str, sa.Insert] = {}
+
+
+def _insert(dialect: str) -> sa.Insert:
+    """INSERT ... ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, built once per dialect."""
+    stmt = _INSERTS.get(dialect)
+    if stmt is None:
+        stmt = _INSERTS[dialect] = (dialect_insert(dialect)(_log).on_conflict_do_nothing(index_elements=["idempotency_key"])
+                                    .returning(_log.c.id))
+    return stmt
 
 
 def _sender_domain() -> str:

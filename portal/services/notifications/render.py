@@ -46,7 +46,17 @@ def _link(endpoint: str, **values: Any) -> str:
 def render_subject(kind: str, context: dict[str, Any], *, tz_name: str | None = None) -> str:
     """The subject line alone (what the log shows while the email waits)."""
     values = _values(context, zone(tz_name))
-    return current_app.jinja_env.from_string(KINDS[kind].subject).render(**values).strip()
+    return _subject_template(kind).render(**values).strip()
+
+
+def _subject_template(kind: str):
+    """The kind's subject template, compiled once per app (compiling costs more than rendering)."""
+    env = current_app.jinja_env
+    compiled = env.__dict__.setdefault("portal_subjects", {})
+    template = compiled.get(kind)
+    if template is None:
+        template = compiled[kind] = env.from_string(KINDS[kind].subject)
+    return template
 
 
 def render(kind: str, context: dict[str, Any], *, name: str = "", tz_name: str | None = None) -> Rendered:

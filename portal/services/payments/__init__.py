@@ -34,6 +34,7 @@ from portal.models import (
 )
 from portal.payments import gateway
 from portal.payments.errors import PaymentError, TransientPaymentError
+from portal.services.statements import insert_loaded
 
 #: A card payment that may still move: not yet answered, or waiting for the customer's bank.
 OPEN_STATUSES = (PaymentStatus.PENDING, PaymentStatus.REQUIRES_ACTION)
@@ -259,9 +260,7 @@ def wallet_payment(invoice: Invoice, amount: int, key: str, *, description: str)
         currency=invoice.currency, status=PaymentStatus.SUCCEEDED, provider="wallet", idempotency_key=key,
         description=description, data={}, created_at=now(),
     )
-    db.session.add(payment)
-    db.session.flush()
-    return payment
+    return insert_loaded(payment)
 
 
 def add_refunded(payment: Payment, amount: int) -> None:

@@ -35,6 +35,7 @@ from portal.models import (
     Refund,
     RetryStrategy,
     User,
+    Wallet,
 )
 from portal.payments.errors import PaymentError, from_code
 from portal.services import invoices, notifications, outbox, payments, retries, wallet
@@ -89,13 +90,31 @@ def buy(
     period_start: datetime | None = None,
     period_end: datetime | None = None,
     off_session: bool = False,
+    fresh: bool = False,
 ) -> Outcome:
     """Invoice `lines` for `effect` under `key` and pay it: wallet first, then the default card.
 
     The same key again resumes the first purchase instead (a double submit, the back button).
     Raises PurchaseInProgress when another open purchase holds the subject. Commits once, before
     Stripe is called.
+
+    `fresh`: the caller found no invoice under `key` a moment ago and priced `effect` from its subject,
+    locked in this transaction since (a renewal). The lookups that only answer a repeat or a concurrent
+    purchase early are skipped, and so is the effect's check; the unique indexes still decide.
     """
+    def issue() -> Invoice:
+        return invoices.create_invoice(
+            user.id, currency, lines, reason=effect.reason, subscription_id=subscription_id,
+            period_start=period_start, period_end=period_end, idempotency_key=key, purchase=effect.data(),
+            known_new=True,  # looked up just below (or by the fresh caller); the unique key decides
+        )
+
+    if fresh:
+        # Under the subject's lock nothing else issues this purchase: no savepoint to fall back to. Should
+        # a unique index refuse it all the same, the caller's transaction fails whole (nothing is paid).
+        # The wallet is read first: from the invoice number on, the transaction holds the numbers' lock.
+        account = wallet.get_wallet(user.id, currency) if effect.wallet_pays else None
+        return _pay(user, issue(), effect, off_session=off_session, checked=True, new=True, account=account)
     existing = invoices.by_key(key)
     if existing is not None:
         return resume(existing, off_session=off_session)
@@ -103,10 +122,7 @@ def buy(
         _refuse_if_in_progress(subscription_id, effect.reason)
     try:
         with db.session.begin_nested():
-            invoice = invoices.create_invoice(
-                user.id, currency, lines, reason=effect.reason, subscription_id=subscription_id,
-                period_start=period_start, period_end=period_end, idempotency_key=key, purchase=effect.data(),
-            )
+            invoice = issue()
     except IntegrityError:
         # A concurrent request won: the same purchase (its key), or another one of this subject.
         existing = invoices.by_key(key)
@@ -115,7 +131,7 @@ def buy(
         if subscription_id is not None:
             _refuse_if_in_progress(subscription_id, effect.reason)
         raise
-    return _pay(user, invoice, effect, off_session=off_session)
+    return _pay(user, invoice, effect, off_session=off_session, new=True)
 
 
 def _refuse_if_in_progress(subscription_id: int, reason: str) -> None:
@@ -136,17 +152,22 @@ def resume(invoice: Invoice, *, off_session: bool = False) -> Outcome:
     return _pay(user, invoice, effects.load(invoice.purchase), off_session=off_session)
 
 
-def _pay(user: User, invoice: Invoice, effect: Effect, *, off_session: bool) -> Outcome:
-    try:
-        effect.check(invoice)
-    except effects.Stale as stale:
-        release(invoice, str(stale))
-        return Outcome("failed", invoice, error=_refusal("stale", str(stale)))
+def _pay(user: User, invoice: Invoice, effect: Effect, *, off_session: bool, checked: bool = False,
+         new: bool = False, account: Wallet | None = None) -> Outcome:
+    """Pay an open invoice; `checked`: its subject was priced under a lock held since, `new`: it was
+    issued in this transaction (nothing has paid toward it yet), `account`: the customer's wallet, read
+    in this transaction."""
+    if not checked:
+        try:
+            effect.check(invoice)
+        except effects.Stale as stale:
+            release(invoice, str(stale))
+            return Outcome("failed", invoice, error=_refusal("stale", str(stale)))
     if invoices.mark_paid_if_nothing_due(invoice):
         _deliver(invoice, effect, None)
         return Outcome("paid", invoice)
     if effect.wallet_pays:
-        wallet_part = _pay_from_wallet(invoice)
+        wallet_part = _pay_from_wallet(invoice, new=new, account=account)
         if invoice.status is InvoiceStatus.PAID:
             _deliver(invoice, effect, wallet_part)
             return Outcome("paid", invoice, wallet_part)
@@ -161,18 +182,20 @@ def _pay(user: User, invoice: Invoice, effect: Effect, *, off_session: bool) -> 
     return _submit(payment, off_session=off_session)
 
 
-def _pay_from_wallet(invoice: Invoice) -> Payment | None:
-    """Take what the wallet can of what the invoice owes, in the invoice's currency only."""
-    account = wallet.get_wallet(invoice.user_id, invoice.currency)
+def _pay_from_wallet(invoice: Invoice, *, new: bool = False, account: Wallet | None = None) -> Payment | None:
+    """Take what the wallet can of what the invoice owes, in the invoice's currency only (`new`: the
+    invoice was issued in this transaction, so no earlier wallet part can exist)."""
+    if account is None or account.user_id != invoice.user_id:
+        account = wallet.get_wallet(invoice.user_id, invoice.currency)
     take = min(account.balance, invoice.amount_due)
     if account.currency != invoice.currency or take <= 0:
         return None
-    earlier = db.session.scalar(sa.select(sa.func.count(Payment.id)).where(
+    earlier = 0 if new else db.session.scalar(sa.select(sa.func.count(Payment.id)).where(
         Payment.invoice_id == invoice.id, Payment.provider == "wallet"))
     key = f"invoice:{invoice.number}:wallet" + (f":{earlier + 1}" if earlier else "")
     try:
         wallet.debit(invoice.user_id, take, reason=f"Payment of {invoice.number}", idempotency_key=key,
-                     reference=f"invoice:{invoice.number}")
+                     reference=f"invoice:{invoice.number}", wallet=account, new_key=new)
     except wallet.InsufficientFunds:  # spent by a concurrent payment a moment ago: the card pays it all
         return None
     part = payments.wallet_payment(invoice, take, key, description=f"Wallet → {invoice.number}")

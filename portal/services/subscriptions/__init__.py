@@ -5,13 +5,15 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import lazyload
+from sqlalchemy.orm import joinedload, lazyload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from portal.billing.lifecycle import IllegalTransition, SubscriptionError, SubscriptionStatus, Transition, next_status
 from portal.billing.periods import add_intervals
 from portal.clock import now
 from portal.extensions import db
 from portal.models import Plan, Subscription, SubscriptionEvent, User
+from portal.services.statements import insert_loaded
 
 
 class ConcurrentChange(SubscriptionError):
@@ -48,6 +50,37 @@ def lock(subscription_id: int) -> Subscription | None:
     ).scalar_one_or_none()
 
 
+def lock_with_owner(subscription_id: int) -> tuple[Subscription, User] | None:
+    """`lock`, reading the subscription's plan and its customer in the same statement (neither is locked)."""
+    row = db.session.execute(_LOCK_WITH_OWNER, {"subscription_id": subscription_id}).first()
+    return None if row is None else (row[0], row[1])
+
+
+_TABLE = Subscription.__table__
+_UPDATES: dict[frozenset[str], sa.Update] = {}
+
+
+def _guarded_update(columns: frozenset[str]) -> sa.Update:
+    """UPDATE the given columns WHERE the status is still the old one, built once per set of columns."""
+    stmt = _UPDATES.get(columns)
+    if stmt is None:
+        stmt = _UPDATES[columns] = (
+            sa.update(_TABLE)
+            .where(_TABLE.c.id == sa.bindparam("subscription_id"),
+                   _TABLE.c.status == sa.bindparam("old_status", type_=_TABLE.c.status.type))
+            .values({key: sa.bindparam(f"new_{key}", type_=_TABLE.c[key].type) for key in sorted(columns)})
+        )
+    return stmt
+
+
+_LOCK_WITH_OWNER = (
+    sa.select(Subscription, User).join(User, User.id == Subscription.user_id)
+    .where(Subscription.id == sa.bindparam("subscription_id"))
+    .options(joinedload(Subscription.plan)).with_for_update(of=Subscription.__table__)
+    .execution_options(populate_existing=True)
+)
+
+
 def transition(
     subscription: Subscription,
     event: Transition,
@@ -65,18 +98,14 @@ def transition(
     old = subscription.status
     new = next_status(old, event)
     values = {"status": new, "updated_at": now(), **changes}
-    result = db.session.execute(
-        sa.update(Subscription)
-        .where(Subscription.id == subscription.id, Subscription.status == old)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    result = db.session.execute(_guarded_update(frozenset(values)),
+                                {**{f"new_{key}": value for key, value in values.items()},
+                                 "subscription_id": subscription.id, "old_status": old})
     if result.rowcount != 1:
         raise ConcurrentChange(f"subscription {subscription.id} is no longer {old.value}")
-    # Keep the in-memory object in step with the row we just wrote.
+    # Keep the in-memory object in step with the row we just wrote (as loaded: nothing left to flush).
     for key, value in values.items():
-        setattr(subscription, key, value)
-    db.session.flush()
+        set_committed_value(subscription, key, value)
     record = SubscriptionEvent(
         subscription_id=subscription.id,
         transition=event.value,
@@ -87,9 +116,7 @@ def transition(
         data=data or {},
         at=now(),
     )
-    db.session.add(record)
-    db.session.flush()
-    return record
+    return insert_loaded(record)
 
 
 def start_subscription(user: User, plan: Plan, *, reason: str, actor_id: int | None = None) -> Subscription:
@@ -137,6 +164,7 @@ __all__ = [
     "default_plan",
     "live_subscription",
     "lock",
+    "lock_with_owner",
     "start_subscription",
     "transition",
 ]

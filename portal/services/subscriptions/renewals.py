@@ -19,6 +19,9 @@ locked before the subscription, as the purchase path's settle does.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -79,35 +82,76 @@ def next_period(sub: Subscription, plan: Plan) -> tuple[datetime, Period]:
     return start, Period(start, add_intervals(start, plan.interval_unit, plan.interval_count, 1))
 
 
+#: What a batch of renewals has read of each plan: ("terms" or "features", plan id) -> its pricing terms or
+#: its features' ids by code (None outside `batch`).
+_batch_plans: ContextVar[dict[tuple[str, int], Any] | None] = ContextVar("renewal_batch_plans", default=None)
+
+
+@contextmanager
+def batch() -> Iterator[None]:
+    """Renew a batch: each plan's terms are read once for the batch instead of once per subscription (a
+    plan, its features and their tiers are four queries). A batch job lasts seconds, and a plan edited
+    meanwhile prices the renewals of the next one; outside a batch every renewal reads its plan afresh."""
+    token = _batch_plans.set({})
+    try:
+        yield
+    finally:
+        _batch_plans.reset(token)
+
+
+def _of_plan(what: str, plan: Plan, read: Callable[[Plan], Any]) -> Any:
+    cache = _batch_plans.get()
+    if cache is None:
+        return read(plan)
+    identity = sa.inspect(plan).identity  # its id without reloading it (it expires with every commit)
+    key = (what, identity[0] if identity else plan.id)
+    if key not in cache:
+        cache[key] = read(plan)
+    return cache[key]
+
+
+def _terms(plan: Plan) -> PlanTerms:
+    from portal.services.catalog.views import plan_terms
+
+    return _of_plan("terms", plan, plan_terms)
+
+
+def _feature_ids(plan: Plan) -> dict[str, int]:
+    return _of_plan("features", plan, lambda p: {pf.feature.code: pf.feature_id for pf in p.features})
+
+
+_COUNTER_TABLE = UsageCounter.__table__
+_COUNTERS = sa.select(_COUNTER_TABLE.c.feature_id, _COUNTER_TABLE.c.used, _COUNTER_TABLE.c.bonus).where(
+    _COUNTER_TABLE.c.user_id == sa.bindparam("user_id"),
+    _COUNTER_TABLE.c.feature_id.in_(sa.bindparam("feature_ids", expanding=True)),
+    _COUNTER_TABLE.c.window_start == sa.bindparam("window_start", type_=_COUNTER_TABLE.c.window_start.type))
+
+
 def period_counts(sub: Subscription, terms: PlanTerms) -> dict[str, Counted]:
     """The current period's counters of the features billed at its end, by feature code."""
     codes = billed_codes(terms)
     if not codes:
         return {}
-    feature_ids = {pf.feature.code: pf.feature_id for pf in sub.plan.features}
+    feature_ids = _feature_ids(sub.plan)
     codes_by_id = {feature_ids[code]: code for code in codes if code in feature_ids}
-    counters = db.session.execute(sa.select(UsageCounter.feature_id, UsageCounter.used, UsageCounter.bonus).where(
-        UsageCounter.user_id == sub.user_id, UsageCounter.feature_id.in_(codes_by_id),
-        UsageCounter.window_start == sub.current_period_start,
-    ))
+    counters = db.session.execute(_COUNTERS, {"user_id": sub.user_id, "feature_ids": list(codes_by_id),
+                                              "window_start": sub.current_period_start})
     return {codes_by_id[row.feature_id]: Counted(row.used, row.bonus) for row in counters}
 
 
 def draft(sub: Subscription, plan: Plan | None, period: Period | None) -> tuple[BilledLine, ...]:
     """The lines the renewal of `sub` would bill now: `plan`'s fee for `period` (None when the
     subscription ends) and the current period's use so far (none for a trial)."""
-    from portal.services.catalog.views import plan_terms
-
-    closing = None if sub.status is _S.TRIALING else plan_terms(sub.plan)
+    closing = None if sub.status is _S.TRIALING else _terms(sub.plan)
     return renewal_lines(
-        next_terms=plan_terms(plan) if plan is not None else None, next_period=period,
+        next_terms=_terms(plan) if plan is not None else None, next_period=period,
         closing_terms=closing, closing_period=Period(sub.current_period_start, sub.current_period_end),
         counted=period_counts(sub, closing) if closing is not None else {},
     )
 
 
 def _drafts(sub: Subscription, lines: tuple[BilledLine, ...]) -> list[LineDraft]:
-    feature_ids = {pf.feature.code: pf.feature_id for pf in sub.plan.features}
+    feature_ids = _feature_ids(sub.plan)
     return [LineDraft(_KINDS[line.kind], line.description[:255], line.amount, quantity=line.quantity,
                       feature_id=feature_ids.get(line.feature) if line.feature else None,
                       breakdown=breakdown_data(line.breakdown),
@@ -270,22 +314,35 @@ def due(sub: Subscription | None, at: datetime) -> bool:
     return sub is not None and sub.status in (_S.ACTIVE, _S.TRIALING) and sub.current_period_end <= at
 
 
+_DUE_READ = sa.select(Subscription.__table__.c.status, Subscription.__table__.c.current_period_end).where(
+    Subscription.__table__.c.id == sa.bindparam("id"))
+
+
+def due_ids(subscription_ids: list[int]) -> list[int]:
+    """Those of these subscriptions that are due (`due`), in the order given: one query for a batch."""
+    table = Subscription.__table__
+    found = set(db.session.execute(sa.select(table.c.id).where(
+        table.c.id.in_(subscription_ids), table.c.status.in_([_S.ACTIVE.value, _S.TRIALING.value]),
+        table.c.current_period_end <= now())).scalars())
+    return [sid for sid in subscription_ids if sid in found]
+
+
 def renew(subscription_id: int) -> str:
     """One renewal step of a subscription whose period is over; returns what happened: "renewed",
     "converted" (a trial's first paid period), "free" (nothing to bill), "failed" (past due now),
     "pending" (the bank's answer is awaited), "canceled" (a cancellation took effect) or "not_due".
     Flushes; the caller commits (the purchase path commits before it calls Stripe)."""
     at = now()
-    sub = db.session.get(Subscription, subscription_id)
-    if not due(sub, at):
+    seen = db.session.execute(_DUE_READ, {"id": subscription_id}).first()  # a plain read: nothing locked yet
+    if seen is None or seen.status not in (_S.ACTIVE, _S.TRIALING) or seen.current_period_end > at:
         return "not_due"
-    existing = invoices.by_key(renewal_key(sub.id, sub.current_period_end))
+    existing = invoices.id_by_key(renewal_key(subscription_id, seen.current_period_end))
     if existing is not None:  # started before (a crash, a lost answer): finish that one
-        return _resume(existing)
-    sub = subscriptions.lock(subscription_id)
-    if not due(sub, at):
+        return _resume(db.session.get(Invoice, existing))
+    locked = subscriptions.lock_with_owner(subscription_id)
+    if locked is None or not due(locked[0], at):
         return "not_due"
-    user = db.session.get(User, sub.user_id)
+    sub, user = locked
     if sub.cancel_at_period_end:
         return _end(sub, user)
     plan = sub.scheduled_plan or sub.plan  # a scheduled downgrade takes effect with the next period
@@ -296,9 +353,12 @@ def renew(subscription_id: int) -> str:
     if sum(line.amount for line in lines) <= 0:
         effect.advance(sub, None)
         return "free"
+    # fresh: no invoice had this key a moment ago (unless the period moved meanwhile), and the subscription
+    # it is priced from is locked
     outcome = purchases.buy(user, effect, _drafts(sub, lines), key=renewal_key(sub.id, period.start),
                             currency=plan.currency, subscription_id=sub.id, period_start=period.start,
-                            period_end=period.end, off_session=True)
+                            period_end=period.end, off_session=True,
+                            fresh=period.start == seen.current_period_end)
     return _result(outcome, effect)
 
 
@@ -489,7 +549,7 @@ def retry_with_new_card(method: PaymentMethod) -> purchases.Outcome | None:
 
 
 __all__ = [
-    "ADVANCED", "FinalUse", "Renewal", "draft", "due", "expire", "next_period", "next_try", "open_renewal",
-    "outcome_result", "pay_now", "period_counts", "renew", "renewal_key", "restore_free_plan", "retry_payment",
-    "retry_with_new_card", "send_reminders",
+    "ADVANCED", "FinalUse", "Renewal", "batch", "draft", "due", "due_ids", "expire", "next_period", "next_try",
+    "open_renewal", "outcome_result", "pay_now", "period_counts", "renew", "renewal_key", "restore_free_plan",
+    "retry_payment", "retry_with_new_card", "send_reminders",
 ]

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from portal.clock import now
 from portal.extensions import db
 from portal.models import EntryKind, Wallet, WalletEntry
+from portal.services.statements import insert_loaded
 
 _CREDIT_KINDS = {EntryKind.TOPUP, EntryKind.REFUND, EntryKind.CREDIT, EntryKind.ADJUSTMENT}
 _DEBIT_KINDS = {EntryKind.PAYMENT, EntryKind.REFUND, EntryKind.ADJUSTMENT}
@@ -32,9 +33,12 @@ class IdempotencyConflict(WalletError):
     """The key was already used for a different movement."""
 
 
+_BY_USER = sa.select(Wallet).where(Wallet.user_id == sa.bindparam("user_id"))
+
+
 def get_wallet(user_id: int, currency: str = "USD") -> Wallet:
     """The customer's wallet, created empty on first use."""
-    wallet = db.session.scalar(sa.select(Wallet).where(Wallet.user_id == user_id))
+    wallet = db.session.scalar(_BY_USER, {"user_id": user_id})
     if wallet is not None:
         return wallet
     try:
@@ -72,12 +76,16 @@ def debit(
     kind: EntryKind = EntryKind.PAYMENT,
     actor_id: int | None = None,
     reference: str | None = None,
+    wallet: Wallet | None = None,
+    new_key: bool = False,
 ) -> WalletEntry:
-    """Take `amount` minor units from the wallet, or raise InsufficientFunds and change nothing."""
+    """Take `amount` minor units from the wallet, or raise InsufficientFunds and change nothing
+    (`wallet`: the customer's wallet, when the caller has it at hand; `new_key`: the key names something
+    made in this transaction, e.g. a new invoice's number, so no entry can have it yet)."""
     _check_amount(amount)
     if kind not in _DEBIT_KINDS:
         raise WalletError(f"a {kind.value} cannot take money from a wallet")
-    return _move(user_id, -amount, kind, reason, idempotency_key, actor_id, reference)
+    return _move(user_id, -amount, kind, reason, idempotency_key, actor_id, reference, wallet, new_key)
 
 
 def refund_to_wallet(user_id: int, amount: int, *, reason: str, idempotency_key: str, **kw) -> WalletEntry:
@@ -100,48 +108,65 @@ def _move(
     key: str,
     actor_id: int | None,
     reference: str | None,
+    wallet: Wallet | None = None,
+    new_key: bool = False,
 ) -> WalletEntry:
-    existing = _existing(key)
-    if existing is not None:
-        return _replay(existing, user_id, signed, kind)
-    wallet = get_wallet(user_id)
-    table = Wallet.__table__
-    guard = table.c.id == wallet.id
-    if signed < 0:
-        guard = sa.and_(guard, table.c.balance >= -signed)
-    try:
-        with db.session.begin_nested():
-            balance = db.session.execute(
-                sa.update(table)
-                .where(guard)
-                .values(balance=table.c.balance + signed, updated_at=now())
-                .returning(table.c.balance)
-            ).scalar_one_or_none()
-            if balance is None:
-                current = db.session.execute(sa.select(table.c.balance).where(table.c.id == wallet.id)).scalar_one()
-                raise InsufficientFunds(current, -signed)
-            entry = WalletEntry(
-                wallet_id=wallet.id,
-                kind=kind,
-                amount=signed,
-                currency=wallet.currency,
-                balance_after=balance,
-                reason=reason,
-                actor_id=actor_id,
-                reference=reference,
-                idempotency_key=key,
-                created_at=now(),
-            )
-            db.session.add(entry)
-            db.session.flush()
-    except IntegrityError:
-        # A concurrent transaction recorded the same key first; the savepoint undid our update.
+    if not new_key:
         existing = _existing(key)
-        if existing is None:
-            raise
-        return _replay(existing, user_id, signed, kind)
+        if existing is not None:
+            return _replay(existing, user_id, signed, kind)
+    if wallet is None or wallet.user_id != user_id:
+        wallet = get_wallet(user_id)
+    if new_key:
+        # No entry can hold a key made this transaction: nothing to replay, no savepoint to fall back to.
+        # The unique key still holds; a conflict would fail the whole transaction, never move money twice.
+        entry = _write(wallet, signed, kind, reason, key, actor_id, reference)
+    else:
+        try:
+            with db.session.begin_nested():
+                entry = _write(wallet, signed, kind, reason, key, actor_id, reference)
+        except IntegrityError:
+            # A concurrent transaction recorded the same key first; the savepoint undid our update.
+            existing = _existing(key)
+            if existing is None:
+                raise
+            return _replay(existing, user_id, signed, kind)
     db.session.expire(wallet, ["balance", "updated_at"])
     return entry
+
+
+_WALLETS = Wallet.__table__
+_MOVE = (sa.update(_WALLETS)
+         .values(balance=_WALLETS.c.balance + sa.bindparam("signed", type_=_WALLETS.c.balance.type),
+                 updated_at=sa.bindparam("at", type_=_WALLETS.c.updated_at.type))
+         .returning(_WALLETS.c.balance))
+_CREDIT = _MOVE.where(_WALLETS.c.id == sa.bindparam("wallet_id"))
+#: The guard: a debit only where the balance covers it.
+_DEBIT = _CREDIT.where(_WALLETS.c.balance >= -sa.bindparam("signed", type_=_WALLETS.c.balance.type))
+
+
+def _write(wallet: Wallet, signed: int, kind: EntryKind, reason: str, key: str, actor_id: int | None,
+           reference: str | None) -> WalletEntry:
+    """The guarded balance update and its ledger entry (a debit the balance does not cover changes nothing)."""
+    table = Wallet.__table__
+    balance = db.session.execute(_DEBIT if signed < 0 else _CREDIT,
+                                 {"wallet_id": wallet.id, "signed": signed, "at": now()}).scalar_one_or_none()
+    if balance is None:
+        current = db.session.execute(sa.select(table.c.balance).where(table.c.id == wallet.id)).scalar_one()
+        raise InsufficientFunds(current, -signed)
+    entry = WalletEntry(
+        wallet_id=wallet.id,
+        kind=kind,
+        amount=signed,
+        currency=wallet.currency,
+        balance_after=balance,
+        reason=reason,
+        actor_id=actor_id,
+        reference=reference,
+        idempotency_key=key,
+        created_at=now(),
+    )
+    return insert_loaded(entry)
 
 
 def _existing(key: str) -> WalletEntry | None:

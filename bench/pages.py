@@ -65,8 +65,8 @@ def grow(app, user_id: int, events: int, ledger_rows: int) -> None:
     with app.app_context():
         dialect = db.engine.dialect.name
         conn = db.session.connection()
-        features = conn.execute(sa.text("SELECT id FROM features WHERE type IN ('QUOTA','RATE','USAGE')")).scalars().all()
-        users = conn.execute(sa.text("SELECT id FROM users")).scalars().all()
+        features = conn.execute(sa.text("SELECT id FROM features WHERE type IN ('QUOTA','RATE','USAGE') ORDER BY id")).scalars().all()
+        users = conn.execute(sa.text("SELECT id FROM users ORDER BY id")).scalars().all()
         series = ("generate_series(1, :n) AS s(i)" if dialect == "postgresql"
                   else "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) SELECT i FROM s) AS s")
         ts = ("(timestamp '2026-01-31 08:00:00' - (s.i % 86400) * interval '1 minute')" if dialect == "postgresql"

@@ -373,7 +373,8 @@ def stripe_intents(services: Services) -> Counter:
         return Counter()
     request = urllib.request.Request(f"{services.stripe.url}/v1/payment_intents?limit=10000000",
                                      headers={"Authorization": f"Bearer {STRIPE_KEY}"})
-    with urllib.request.urlopen(request, timeout=60) as response:
+    # localstripe lists every intent it holds (thousands after a few card rounds) slowly on a busy machine
+    with urllib.request.urlopen(request, timeout=600) as response:
         return Counter(intent["status"] for intent in json.load(response)["data"])
 
 

@@ -389,3 +389,19 @@ def test_staff_act_on_failures_from_the_command_line_and_each_action_is_audited(
     actions = list(db.session.scalars(sa.select(AuditLog.action).where(AuditLog.target_type == "operation_errors")
                                       .order_by(AuditLog.id)))
     assert actions == ["failure.strategy", "failure.resolve"]  # one row per action done, none for refusals
+
+
+@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
+def test_staff_cannot_close_or_switch_a_failure_a_processor_claimed_after_the_page_read_it(app, clock):
+    error = _failure("race", due=clock.now())
+    assert error.status is ErrorStatus.PENDING  # what the staff page read
+    with db.engine.connect() as other:  # meanwhile a processor (another process) claims it
+        other.execute(sa.update(OperationError).where(OperationError.id == error.id).values(
+            status=ErrorStatus.RETRYING.value, claimed_until=clock.now() + timedelta(minutes=10)))
+        other.commit()
+    with pytest.raises(processor.NotRetryable):
+        processor.close(error, ErrorStatus.RESOLVED, actor_id=None, note="fixed by hand")
+    with pytest.raises(processor.NotRetryable):
+        processor.switch_strategy(error, RetryStrategy.MANUAL, actor_id=None)
+    db.session.rollback()
+    assert db.session.get(OperationError, error.id).status is ErrorStatus.RETRYING

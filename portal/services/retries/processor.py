@@ -197,6 +197,7 @@ def retry_now(error_id: int, *, actor_id: int) -> RetryOutcome:
 def switch_strategy(error: OperationError, strategy: RetryStrategy, *, actor_id: int) -> None:
     """Staff: retry it by another strategy from now on (manual stops the tries; any other schedules the
     next try now, even past the strategy's maximum: staff asked for it). Flushes."""
+    db.session.refresh(error, with_for_update=True)  # a processor may have claimed it since it was read
     if error.status in retries.CLOSED or error.status is ErrorStatus.RETRYING:
         raise NotRetryable("This failure is closed or being retried right now.")
     error.strategy = strategy
@@ -216,6 +217,7 @@ def close(error: OperationError, status: ErrorStatus, *, actor_id: int, note: st
     """Staff: resolve it (the problem was fixed another way) or give it up, with a note. Flushes."""
     if status not in retries.CLOSED:
         raise ValueError(status)
+    db.session.refresh(error, with_for_update=True)  # a processor may have claimed it since it was read
     if error.status in retries.CLOSED or error.status is ErrorStatus.RETRYING:
         raise NotRetryable("This failure is closed or being retried right now.")
     at = now()

@@ -106,9 +106,9 @@ def grow(app, user_id: int, events: int, ledger_rows: int) -> None:
         print(f"  {dialect}: {counts}", flush=True)
 
 
-def login(app):
+def login(app, email: str = "demo@portal.test", password: str = "demo-password-1"):
     client = app.test_client()
-    response = client.post("/login", data={"email": "demo@portal.test", "password": "demo-password-1"})
+    response = client.post("/login", data={"email": email, "password": password})
     assert response.status_code == 302, response.status_code
     return client
 
@@ -117,7 +117,7 @@ def timed(client, path: str) -> float:
     started = time.perf_counter()
     response = client.get(path)
     elapsed = (time.perf_counter() - started) * 1000
-    assert response.status_code == 200, (path, response.status_code)
+    assert response.status_code == 200, (path, response.status_code, response.get_data(as_text=True)[:300])
     return elapsed
 
 

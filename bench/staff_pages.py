@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import cli  # noqa: E402
+from bench.pages import build_app, login, timed  # noqa: E402  (the same app, login and timing)
 
 SIZES = {
     "full": {"small": 1_000, "customers": 10_000, "errors": 100_000, "unresolved": 300, "repeats": 30},
@@ -33,14 +34,6 @@ TYPES = ["renewal_payment", "refund", "payment_check", "webhook", "trial_convers
 STRATEGIES = ["fixed_interval", "immediate", "exponential", "exponential", "fixed_interval", "manual"]
 OPEN_STATUSES = ["pending", "manual", "retrying"]
 CLOSED_STATUSES = ["resolved", "resolved", "resolved", "gave_up"]
-
-
-def build_app(url: str, instance: Path):
-    from portal import create_app
-
-    return create_app({"SQLALCHEMY_DATABASE_URI": url, "INSTANCE_PATH": str(instance), "ARGON2_TIME_COST": 1,
-                       "ARGON2_MEMORY_COST": 64, "REDIS_URL": "redis://127.0.0.1:1/0", "WTF_CSRF_ENABLED": False,
-                       "RATELIMIT_ENABLED": False})
 
 
 def seed(app, customers: int, errors: int, unresolved: int) -> None:
@@ -118,21 +111,6 @@ def pages(app) -> list[str]:
             "/staff/customers?q=customer00001", f"/staff/customers/{customer}"]
 
 
-def login(app):
-    client = app.test_client()
-    response = client.post("/login", data={"email": "staff@portal.test", "password": "staff-password-1"})
-    assert response.status_code == 302, response.status_code
-    return client
-
-
-def timed(client, path: str) -> float:
-    started = time.perf_counter()
-    response = client.get(path)
-    elapsed = (time.perf_counter() - started) * 1000
-    assert response.status_code == 200, (path, response.status_code, response.get_data(as_text=True)[:300])
-    return elapsed
-
-
 def run(backend: str, args, workdir: Path) -> list[tuple]:
     instance = workdir / backend
     instance.mkdir()
@@ -152,7 +130,7 @@ def run(backend: str, args, workdir: Path) -> list[tuple]:
             print(f"  {backend}: {customers:,} customers, {errors:,} failures seeded in "
                   f"{time.perf_counter() - started:.1f} s", flush=True)
         paths = list(zip(pages(apps[0]), pages(apps[1])))
-        clients = [login(app) for app in apps]
+        clients = [login(app, "staff@portal.test", "staff-password-1") for app in apps]
         times: dict[tuple[int, int], list[float]] = {(size, i): [] for size in (0, 1) for i in range(len(paths))}
         for pair in paths:  # warm both
             for client, path in zip(clients, pair):

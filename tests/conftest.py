@@ -470,6 +470,21 @@ def refunded_at_stripe(intent_id: str) -> int:
     return sum(r.amount for r in gateway.client().v1.refunds.list(params={"payment_intent": intent_id}).data)
 
 
+def trial_plan():
+    """"Premium Trial": Premium's features at $19.99 after a 14-day free trial (committed)."""
+    import sqlalchemy as sa
+
+    from portal.models import Plan
+    from portal.services import catalog as catalog_service
+
+    premium = db.session.scalar(sa.select(Plan).where(Plan.code == "premium"))
+    plan = catalog_service.create_plan("premium-trial", "Premium Trial", price_amount=1999, trial_days=14)
+    for pf in premium.features:
+        catalog_service.grant(plan, pf.feature, limit=pf.limit, window=pf.window, enabled=pf.enabled)
+    db.session.commit()
+    return plan
+
+
 def assert_money_consistent(*users) -> None:
     """DESIGN §3 for each user: the charges Stripe kept are exactly the paid purchases' card parts, and
     the wallet's ledger adds up to its balance."""

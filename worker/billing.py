@@ -2,8 +2,9 @@
 
 The sweep (every 5 minutes, so a period ending at 14:00 renews by 14:05) hands each due
 subscription to a job once, by a lease on the row (RENEWAL_LEASE_MINUTES), in batches of
-RENEWAL_BATCH_SIZE on the billing queue. A batch job renews its subscriptions one by one, each in
-its own transaction: one customer's failure never undoes another's renewal. A job that dies lets
+RENEWAL_BATCH_SIZE on the billing queue. A batch job makes the batch's common renewals (the wallet
+pays, or nothing is due) together in one transaction, and the others one by one, each in its own
+transaction: one customer's failure never undoes another's renewal. A job that dies lets
 its subscriptions go when the lease passes, and the next sweep hands them out again; the renewal's
 key makes that harmless (portal.services.subscriptions.renewals).
 """
@@ -23,60 +24,85 @@ log = logging.getLogger(__name__)
 MAX_PERIODS_PER_RUN = 36
 
 
-def _each(ids: list[int], step: Callable[[int], str], *, repeat: tuple[str, ...] = (),
-          due_again: Callable[[list[int]], list[int]] | None = None) -> dict[str, int]:
+def _one_by_one(ids: list[int], step: Callable[[int], str], *, repeat: tuple[str, ...] = ()) -> tuple[Counter, list[int]]:
     """Run `step` for each id in its own transaction (committed, or rolled back and counted as an error);
-    for the ids it answered one of `repeat`, run it again (the next missed period) once the batch is
-    through, those `due_again` keeps (one query for the batch instead of one per id).
+    returns the counts by outcome and the ids it answered one of `repeat` (in order)."""
+    from portal.extensions import db
 
+    counts: Counter[str] = Counter()
+    again: list[int] = []
+    for subscription_id in ids:
+        try:
+            result = step(subscription_id)
+            db.session.commit()
+        except Exception:
+            db.session.rollback()
+            log.exception("subscription %s: %s failed", subscription_id, step.__name__)
+            result = "error"
+        counts[result] += 1
+        if result in repeat:
+            again.append(subscription_id)
+    return counts, again
+
+
+def _together(ids: list[int]):
+    """The batch's common renewals in one transaction (subscriptions.batch_renewals); should it fail, it is
+    rolled back whole and every one of them is renewed one by one."""
+    from portal.extensions import db
+    from portal.services.subscriptions import batch_renewals
+
+    try:
+        result = batch_renewals.renew_many(ids)
+        db.session.commit()
+        return result
+    except Exception:
+        db.session.rollback()
+        log.exception("renewing %d subscriptions together failed: renewing them one by one", len(ids))
+        return batch_renewals.Result(Counter(), [], list(ids))
+
+
+@job("billing")
+def renew_subscriptions(ids: list[int]) -> dict[str, int]:
+    """Renew each of these due subscriptions (and any period it missed); counts by outcome.
+
+    The common renewals (paid from the wallet, or nothing to pay) are made together in one transaction,
+    the rest one by one, each in its own: one customer's failure never undoes another's renewal. A
+    subscription that moved into its next period and is due again (missed periods) goes round again.
     The emails and jobs the transactions leave in the outbox are dispatched together at the end (the
     scheduler's sweep sends them if this process dies first)."""
     from portal.extensions import db
     from portal.services import outbox
+    from portal.services.subscriptions import renewals
 
     counts: Counter[str] = Counter()
     pending = list(ids)
-    with outbox.dispatch_after_all():
+    with renewals.batch(), outbox.dispatch_after_all():
         for _ in range(MAX_PERIODS_PER_RUN):
-            again: list[int] = []
-            for subscription_id in pending:
-                try:
-                    result = step(subscription_id)
-                    db.session.commit()
-                except Exception:
-                    db.session.rollback()
-                    log.exception("subscription %s: %s failed", subscription_id, step.__name__)
-                    result = "error"
-                counts[result] += 1
-                if result in repeat:
-                    again.append(subscription_id)
-            if not again:
+            together = _together(pending)
+            counts.update(together.counts)
+            single, again = _one_by_one(together.left, renewals.renew, repeat=renewals.ADVANCED)
+            counts.update(single)
+            advanced = sorted(together.advanced + again)
+            if not advanced:
                 break
-            pending = again
-            if due_again is not None:
-                pending = due_again(again)
-                db.session.commit()
-                if not pending:
-                    break
+            pending = renewals.due_ids(advanced)
+            db.session.commit()
+            if not pending:
+                break
     counts.pop("not_due", None)
     return dict(counts)
 
 
 @job("billing")
-def renew_subscriptions(ids: list[int]) -> dict[str, int]:
-    """Renew each of these due subscriptions (and any period it missed); counts by outcome."""
-    from portal.services.subscriptions import renewals
-
-    with renewals.batch():
-        return _each(ids, renewals.renew, repeat=renewals.ADVANCED, due_again=renewals.due_ids)
-
-
-@job("billing")
 def expire_subscriptions(ids: list[int]) -> dict[str, int]:
     """End each of these past-due subscriptions whose grace period is over."""
+    from portal.services import outbox
     from portal.services.subscriptions import renewals
 
-    return _each(ids, renewals.expire)
+    with outbox.dispatch_after_all():
+        counts, _ = _one_by_one(ids, renewals.expire)
+    counts.pop("not_due", None)
+    return dict(counts)
 
 
 @job("billing")

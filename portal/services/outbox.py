@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 from portal.clock import now
 from portal.extensions import db
 from portal.models import OutboxMessage
-from portal.services.statements import insert_loaded
+from portal.services.statements import connection, insert_loaded
 
 log = logging.getLogger(__name__)
 _PENDING = "outbox_pending"
@@ -60,6 +61,25 @@ def enqueue_after_commit(func: str, *args: Any, queue_name: str = "default", job
                                           job_id=job_id or uuid.uuid4().hex))
     db.session.info.setdefault(_PENDING, []).append(message.id)
     return message
+
+
+_OUTBOX = OutboxMessage.__table__
+_INSERT_MANY = _OUTBOX.insert().returning(_OUTBOX.c.id, sort_by_parameter_order=True)
+
+
+def enqueue_many_after_commit(func: str, args_list: list[list[Any]], *, queue_name: str = "default",
+                              job_ids: list[str] | None = None) -> list[int]:
+    """`enqueue_after_commit` for many jobs of one function (one insert); returns the messages' ids."""
+    if not args_list:
+        return []
+    job_ids = job_ids or [uuid.uuid4().hex for _ in args_list]
+    at = now()
+    ids = list(connection().execute(_INSERT_MANY, [
+        {"queue": queue_name, "func": func, "args": list(args), "job_id": job_id, "created_at": at,
+         "claimed_until": None, "enqueued_at": None}
+        for args, job_id in zip(args_list, job_ids)]).scalars())
+    db.session.info.setdefault(_PENDING, []).extend(ids)
+    return ids
 
 
 def _after_rollback(session: Session, previous_transaction) -> None:
@@ -141,24 +161,30 @@ def _dispatch_rows(stmt) -> int:
         rows = conn.execute(stmt).mappings().all()
     claimed = _claim_all([row["id"] for row in rows])
     rows = [row for row in rows if row["id"] in claimed]  # the others: another dispatcher has them
-    done: list[int] = []
+    if not rows:
+        return 0
     try:
-        for row in rows:
-            connection = redis_connection()
-            # A job id that already exists was pushed by a dispatcher that died before marking it.
-            if not Job.exists(row["job_id"], connection=connection):
-                Queue(row["queue"], connection=connection).enqueue(
-                    row["func"], *row["args"], job_id=row["job_id"], result_ttl=86400, failure_ttl=7 * 86400
-                )
-            done.append(row["id"])
+        connection = redis_connection()
+        # A job id that already exists was pushed by a dispatcher that died before marking it. One round
+        # trip asks about the whole chunk, one pipeline per queue pushes the rest.
+        with connection.pipeline(transaction=False) as pipe:
+            for row in rows:
+                pipe.exists(Job.key_for(row["job_id"]))
+            there = pipe.execute()
+        by_queue: dict[str, list] = defaultdict(list)
+        for row, exists in zip(rows, there):
+            if not exists:
+                by_queue[row["queue"]].append(row)
+        for name, group in by_queue.items():
+            Queue(name, connection=connection).enqueue_many([
+                Queue.prepare_data(row["func"], row["args"], job_id=row["job_id"], result_ttl=86400,
+                                   failure_ttl=7 * 86400) for row in group])
     except Exception:
-        _unclaim([row["id"] for row in rows if row["id"] not in set(done)])
+        _unclaim([row["id"] for row in rows])
         raise
-    finally:
-        if done:
-            with db.engine.begin() as conn:
-                conn.execute(update(table).where(table.c.id.in_(done)).values(enqueued_at=now()))
-    return len(done)
+    with db.engine.begin() as conn:
+        conn.execute(update(table).where(table.c.id.in_([row["id"] for row in rows])).values(enqueued_at=now()))
+    return len(rows)
 
 
 def _claim(message_id: int) -> bool:

@@ -109,3 +109,10 @@ def insert_loaded(obj: T) -> T:
     make_transient_to_detached(obj)
     db.session.add(obj)
     return obj
+
+
+def rows_cte(name: str, columns: dict[str, sa.types.TypeEngine], rows: list[tuple]) -> sa.CTE:
+    """Rows of values as a named CTE, `WITH name(columns) AS (VALUES ...)`, for one UPDATE that gives many
+    rows their own values (`UPDATE t SET ... FROM name WHERE t.id = name.id`). A CTE, not a VALUES list in
+    FROM: SQLite takes no column names there. Each column is typed, so its TypeDecorator applies."""
+    return sa.values(*(sa.column(key, type_) for key, type_ in columns.items()), name=name).data(rows).cte(name)

@@ -54,7 +54,8 @@ def test_the_after_commit_dispatch_and_the_sweep_never_enqueue_one_message_twice
                                                                                    monkeypatch):
     """Two dispatchers on one message: the second runs at the worst moment, while the first is enqueueing.
 
-    Fault injection of timing only: a Queue whose enqueue first runs the sweep (the real one).
+    Fault injection of timing only: a Queue whose enqueue_many (the dispatcher pushes a chunk at once) first
+    runs the sweep (the real one).
     Before messages were claimed, both pushed the job and it ran twice.
     """
     app.config["REDIS_URL"] = "redis://127.0.0.1:1/0"  # the after-commit dispatch fails: the message waits
@@ -68,11 +69,11 @@ def test_the_after_commit_dispatch_and_the_sweep_never_enqueue_one_message_twice
     swept: list[int] = []
 
     class RacingQueue(Queue):
-        def enqueue(self, *args, **kwargs):
+        def enqueue_many(self, *args, **kwargs):
             if not raced:
                 raced.append(True)
                 swept.append(outbox.dispatch_pending())  # the sweep, in the middle of our enqueue
-            return super().enqueue(*args, **kwargs)
+            return super().enqueue_many(*args, **kwargs)
 
     monkeypatch.setattr(outbox, "Queue", RacingQueue)
     first = outbox.dispatch_pending()

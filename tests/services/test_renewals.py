@@ -19,12 +19,12 @@ from portal.models import (
     EmailLog, ErrorStatus, Invoice, InvoiceStatus, LineKind, OperationError, Payment, Plan, RetryStrategy,
     Subscription, SubscriptionEvent, User, Wallet, WalletEntry,
 )
-from portal.services import catalog as catalog_service, usage, wallet
+from portal.services import usage, wallet
 from portal.services.subscriptions import changes as plan_changes
 from portal.services.subscriptions import live_subscription, renewals
 from portal.services.subscriptions.views import next_invoice
 from tests.conftest import (
-    START, add_card, assert_money_consistent, both_databases, run_outbox_jobs, stripe_intents,
+    START, add_card, assert_money_consistent, both_databases, run_outbox_jobs, stripe_intents, trial_plan,
 )
 from worker import billing
 from worker import retries as retry_jobs
@@ -298,17 +298,8 @@ def test_nobody_pays_another_customers_invoice(alice, bob, clock, app):
 
 # --- trials, scheduled changes, reminders ---------------------------------------------------------------
 
-def _trial_plan() -> Plan:
-    premium = _plan("premium")
-    plan = catalog_service.create_plan("premium-trial", "Premium Trial", price_amount=1999, trial_days=14)
-    for pf in premium.features:
-        catalog_service.grant(plan, pf.feature, limit=pf.limit, window=pf.window, enabled=pf.enabled)
-    db.session.commit()
-    return plan
-
-
 def test_a_trial_converts_at_its_end_with_the_first_invoice(alice, clock):
-    plan = _trial_plan()
+    plan = trial_plan()
     add_card(alice)
     plan_changes.start_trial(alice, plan)
     db.session.commit()
@@ -328,7 +319,7 @@ def test_a_trial_converts_at_its_end_with_the_first_invoice(alice, clock):
 
 
 def test_a_failed_trial_conversion_behaves_like_a_failed_renewal(alice, clock):
-    plan = _trial_plan()
+    plan = trial_plan()
     plan_changes.start_trial(alice, plan)  # no card at all
     db.session.commit()
     clock.set(START + timedelta(days=14))

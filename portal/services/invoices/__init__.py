@@ -32,25 +32,31 @@ class LineDraft:
 
 
 _SEQUENCES = NumberSequence.__table__
-_NEXT_VALUE = (sa.update(_SEQUENCES).where(_SEQUENCES.c.name == sa.bindparam("prefix"))
-               .values(value=_SEQUENCES.c.value + 1).returning(_SEQUENCES.c.value))
+_TAKE_NUMBERS = (sa.update(_SEQUENCES).where(_SEQUENCES.c.name == sa.bindparam("prefix"))
+                 .values(value=_SEQUENCES.c.value + sa.bindparam("count", type_=_SEQUENCES.c.value.type))
+                 .returning(_SEQUENCES.c.value))
 
 
 def next_number(prefix: str = "INV") -> str:
     """The next invoice number; the counter moves in the caller's transaction, so numbers have no gaps."""
+    return take_numbers(1, prefix)[0]
+
+
+def take_numbers(count: int, prefix: str = "INV") -> list[str]:
+    """The next `count` invoice numbers, in order, by one update of the counter. It moves in the caller's
+    transaction (numbers have no gaps), whose row lock is held until it ends: take them late."""
+    if count <= 0:
+        return []
     table = NumberSequence.__table__
-    value = db.session.execute(_NEXT_VALUE, {"prefix": prefix}).scalar_one_or_none()
-    if value is None:
+    last = db.session.execute(_TAKE_NUMBERS, {"prefix": prefix, "count": count}).scalar_one_or_none()
+    if last is None:
         try:
             with db.session.begin_nested():
-                db.session.execute(sa.insert(table).values(name=prefix, value=1))
-            value = 1
+                db.session.execute(sa.insert(table).values(name=prefix, value=count))
+            last = count
         except IntegrityError:  # another transaction created the counter first
-            value = db.session.execute(
-                sa.update(table).where(table.c.name == prefix).values(value=table.c.value + 1)
-                .returning(table.c.value)
-            ).scalar_one()
-    return f"{prefix}-{value:06d}"
+            last = db.session.execute(_TAKE_NUMBERS, {"prefix": prefix, "count": count}).scalar_one()
+    return [f"{prefix}-{value:06d}" for value in range(last - count + 1, last + 1)]
 
 
 def create_invoice(

@@ -27,7 +27,7 @@ from portal.services.notifications.kinds import KINDS
 from portal.services.notifications.render import render_subject
 from portal.services.statements import connection, dialect_insert
 
-__all__ = ["KINDS", "notify", "notify_staff"]
+__all__ = ["KINDS", "notify", "notify_many", "notify_staff"]
 
 SEND_JOB = "worker.emails.send_email"
 _log = EmailLog.__table__
@@ -57,6 +57,36 @@ def notify(user: User | int, kind: str, context: dict[str, Any], key: str) -> in
     if spec.optional and not user.usage_emails:
         return None
     return _queue(kind, context, key, to=user.email, user_id=user.id, name=user.name, tz_name=user.timezone)
+
+
+def notify_many(kind: str, emails: list[tuple[Any, dict[str, Any], str]]) -> int:
+    """`notify` for many customers at once (a batch of renewals): one insert of the log rows and one of
+    their send jobs' outbox messages. Each item is (recipient, context, key); a recipient has the
+    customer's `id`, `email`, `name`, `timezone` and `usage_emails` (a User, or a row read with them).
+    Returns how many were queued (a key used before queues nothing, as in `notify`)."""
+    spec = KINDS[kind]
+    if spec.audience != "customer":
+        raise ValueError(f"{kind} is not a customer email")
+    at = now()
+    domain = _sender_domain() or "portal"
+    rows = []
+    for recipient, context, key in emails:
+        if spec.optional and not recipient.usage_emails:
+            continue
+        context = json.loads(json.dumps(_jsonable(context)))
+        rows.append(dict(
+            user_id=recipient.id, to_address=recipient.email, template=kind,
+            subject=render_subject(kind, context, tz_name=recipient.timezone)[:255], context=context,
+            status=EmailStatus.QUEUED.value, attempts=0, idempotency_key=key[:200], created_at=at,
+            next_attempt_at=at, interrupted=False, message_id=make_msgid(idstring=uuid.uuid4().hex[:12], domain=domain),
+        ))
+    if not rows:
+        return 0
+    conn = connection()
+    email_ids = conn.execute(_insert(conn.dialect.name), rows).scalars().all()
+    outbox.enqueue_many_after_commit(SEND_JOB, [[email_id] for email_id in email_ids], queue_name="emails",
+                                     job_ids=[f"email-{email_id}" for email_id in email_ids])
+    return len(email_ids)
 
 
 def notify_staff(kind: str, context: dict[str, Any], key: str) -> int | None:

@@ -44,6 +44,16 @@ class Effect:
     #: Renewals keep theirs open for the retries instead.
     void_on_failure: ClassVar[bool] = True
 
+    #: Whether `apply_many` is implemented: many purchases of this kind may be paid at once from their
+    #: wallets (`purchases.bulk`).
+    applies_many: ClassVar[bool] = False
+
+    @classmethod
+    def apply_many(cls, paid: list[tuple[Effect, Any]]) -> None:
+        """Deliver many purchases of this kind paid at once (`purchases.bulk`), each with its
+        `bulk.PaidInvoice`: what `apply` does for each, in a few statements for all."""
+        raise NotImplementedError
+
     def check(self, invoice: Invoice) -> None:
         """Raise Stale if the subject is no longer what was priced (lock what you read)."""
 

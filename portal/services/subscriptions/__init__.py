@@ -1,6 +1,7 @@
 """Subscription status changes, always through the transition table and always with an event row."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from portal.billing.periods import add_intervals
 from portal.clock import now
 from portal.extensions import db
 from portal.models import Plan, Subscription, SubscriptionEvent, User
-from portal.services.statements import insert_loaded
+from portal.services.statements import connection, insert_loaded, rows_cte
 
 
 class ConcurrentChange(SubscriptionError):
@@ -119,6 +120,48 @@ def transition(
     return insert_loaded(record)
 
 
+@dataclass(frozen=True)
+class Move:
+    """One subscription's part of `transition_many`: its own column values, the event's reason and data."""
+
+    subscription_id: int
+    changes: dict[str, Any]
+    reason: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+_EVENTS = SubscriptionEvent.__table__
+
+
+def transition_many(old: SubscriptionStatus, event: Transition, moves: list[Move], *, actor_id: int | None = None,
+                    **common: Any) -> int:
+    """`transition` for many subscriptions in `old` status at once (a batch of renewals): one guarded
+    update gives each its own `changes` (the same columns for all) and the `common` values, one insert
+    writes their event rows. Raises IllegalTransition (nothing written) when the table forbids the move,
+    and ConcurrentChange when any of them is no longer `old` (the caller rolls the transaction back)."""
+    new = next_status(old, event)
+    if not moves:
+        return 0
+    at = now()
+    columns = sorted(moves[0].changes)
+    if any(sorted(move.changes) != columns for move in moves):
+        raise ValueError("transition_many gives every subscription the same columns")
+    values = rows_cte("moves", {"subscription_id": _TABLE.c.id.type, **{key: _TABLE.c[key].type for key in columns}},
+                      [(move.subscription_id, *(move.changes[key] for key in columns)) for move in moves])
+    moved = db.session.execute(
+        sa.update(_TABLE).where(_TABLE.c.id == values.c.subscription_id, _TABLE.c.status == old.value)
+        .values({"status": new.value, "updated_at": at, **common, **{key: values.c[key] for key in columns}})
+        .returning(_TABLE.c.id)
+    ).scalars().all()
+    if len(moved) != len(moves):
+        missing = sorted({move.subscription_id for move in moves} - set(moved))
+        raise ConcurrentChange(f"subscriptions {missing[:5]} are no longer {old.value}")
+    connection().execute(_EVENTS.insert(), [
+        {"subscription_id": move.subscription_id, "transition": event.value, "from_status": old, "to_status": new,
+         "reason": move.reason, "actor_id": actor_id, "data": move.data, "at": at} for move in moves])
+    return len(moved)
+
+
 def start_subscription(user: User, plan: Plan, *, reason: str, actor_id: int | None = None) -> Subscription:
     """Create the customer's live subscription on `plan`, starting now (trial first if the plan has one)."""
     if live_subscription(user.id) is not None:
@@ -159,6 +202,7 @@ def start_subscription(user: User, plan: Plan, *, reason: str, actor_id: int | N
 
 __all__ = [
     "ConcurrentChange",
+    "Move",
     "IllegalTransition",
     "NoDefaultPlan",
     "default_plan",
@@ -167,4 +211,5 @@ __all__ = [
     "lock_with_owner",
     "start_subscription",
     "transition",
+    "transition_many",
 ]

@@ -14,7 +14,9 @@ path (DESIGN §3.3–3.5, §4 Lifecycle).
              expired, the Free plan restored, "expired" and "features restricted" emails
 
 A renewal is keyed by the period it opens, so running it again (a second sweep, a retried job, two
-workers) finds the first invoice and never bills the period twice. Locks: an existing invoice is
+workers) finds the first invoice and never bills the period twice. A batch job makes its common
+renewals (the wallet pays, or nothing is due) together first, in shared statements (`batch_renewals`,
+`purchases.bulk`): the same rows, keys and emails as `renew`, which makes the rest one by one. Locks: an existing invoice is
 locked before the subscription, as the purchase path's settle does.
 """
 from __future__ import annotations
@@ -60,6 +62,8 @@ _S = SubscriptionStatus
 ADVANCED = ("renewed", "converted", "free")
 #: A card payment younger than this may still be on its way to Stripe in another process: left alone.
 IN_FLIGHT_FOR = timedelta(minutes=5)
+#: What `Renewal.advance_many` sets per subscription (the rest of `_next_period` is the same for all).
+_PER_SUBSCRIPTION = ("plan_id", "billing_anchor", "current_period_start", "current_period_end")
 _KINDS = {"plan": LineKind.PLAN, "usage": LineKind.USAGE, "overage": LineKind.OVERAGE}
 
 
@@ -73,13 +77,20 @@ def renewal_key(subscription_id: int, period_start: datetime) -> str:
 def next_period(sub: Subscription, plan: Plan) -> tuple[datetime, Period]:
     """(anchor, period) of the period after the current one on `plan`, counted from the anchor so month
     ends never drift (Jan 31 → Feb 28 → Mar 31). A trial ending, or a new interval, anchors afresh."""
-    start = sub.current_period_end
-    same_interval = (plan.interval_unit, plan.interval_count) == (sub.plan.interval_unit, sub.plan.interval_count)
-    if sub.status is not _S.TRIALING and same_interval and sub.billing_anchor <= start:
-        _, period = period_at(sub.billing_anchor, plan.interval_unit, plan.interval_count, start)
+    return next_period_of(trial=sub.status is _S.TRIALING, anchor=sub.billing_anchor, period_end=sub.current_period_end,
+                          closing=(sub.plan.interval_unit, sub.plan.interval_count),
+                          next_=(plan.interval_unit, plan.interval_count))
+
+
+def next_period_of(*, trial: bool, anchor: datetime, period_end: datetime, closing: tuple[Any, int],
+                   next_: tuple[Any, int]) -> tuple[datetime, Period]:
+    """`next_period` from plain values: the closing and the next plan's (interval unit, count)."""
+    start = period_end
+    if not trial and next_ == closing and anchor <= start:
+        _, period = period_at(anchor, next_[0], next_[1], start)
         if period.start == start:
-            return sub.billing_anchor, period
-    return start, Period(start, add_intervals(start, plan.interval_unit, plan.interval_count, 1))
+            return anchor, period
+    return start, Period(start, add_intervals(start, next_[0], next_[1], 1))
 
 
 #: What a batch of renewals has read of each plan: ("terms" or "features", plan id) -> its pricing terms or
@@ -108,6 +119,18 @@ def _of_plan(what: str, plan: Plan, read: Callable[[Plan], Any]) -> Any:
     if key not in cache:
         cache[key] = read(plan)
     return cache[key]
+
+
+def plan_by_id(plan_id: int) -> Plan:
+    """The plan; in a batch, the same object for the whole batch (a renewal's receipt names its plan:
+    the session would otherwise drop an unreferenced plan and read it again every time)."""
+    cache = _batch_plans.get()
+    if cache is None:
+        return db.session.get(Plan, plan_id)
+    plan = cache.get(("plan", plan_id))
+    if plan is None:
+        plan = cache[("plan", plan_id)] = db.session.get(Plan, plan_id)
+    return plan
 
 
 def _terms(plan: Plan) -> PlanTerms:
@@ -151,7 +174,11 @@ def draft(sub: Subscription, plan: Plan | None, period: Period | None) -> tuple[
 
 
 def _drafts(sub: Subscription, lines: tuple[BilledLine, ...]) -> list[LineDraft]:
-    feature_ids = _feature_ids(sub.plan)
+    return line_drafts(lines, _feature_ids(sub.plan))
+
+
+def line_drafts(lines: tuple[BilledLine, ...], feature_ids: dict[str, int]) -> list[LineDraft]:
+    """The generator's lines as invoice lines (`feature_ids`: the closing plan's, by code)."""
     return [LineDraft(_KINDS[line.kind], line.description[:255], line.amount, quantity=line.quantity,
                       feature_id=feature_ids.get(line.feature) if line.feature else None,
                       breakdown=breakdown_data(line.breakdown),
@@ -183,7 +210,7 @@ class Renewal(purchases.Effect):
     trial: bool = False
 
     def _plan(self) -> Plan:
-        return db.session.get(Plan, self.plan_id)
+        return plan_by_id(self.plan_id)
 
     def describe(self) -> str:
         return f"your {self._plan().name} renewal"
@@ -225,12 +252,42 @@ class Renewal(purchases.Effect):
     def advance(self, sub: Subscription, invoice_number: str | None) -> None:
         """Move the subscription into the period this renewal opens (paid, or nothing was due)."""
         event = Transition.ACTIVATE if sub.status is _S.TRIALING else Transition.RENEW
-        paid = f"paid by {invoice_number}" if invoice_number else "nothing to pay"
-        subscriptions.transition(
-            sub, event, reason=f"{'first period' if self.trial else 'renewed'}, {paid}",
-            data=self._event_data(invoice_number), **self._next_period(), grace_until=None,
-        )
+        subscriptions.transition(sub, event, reason=self._advance_reason(invoice_number),
+                                 data=self._event_data(invoice_number), **self._next_period(), grace_until=None)
         db.session.expire(sub, ["plan"])
+
+    #: Paid in bulk (purchases.bulk) by a batch job's renewals (subscriptions.batch_renewals).
+    applies_many: ClassVar[bool] = True
+
+    @classmethod
+    def apply_many(cls, paid: list[tuple[purchases.Effect, Any]]) -> None:
+        """`apply` for renewals paid at once, each of a subscription still waiting for it (locked since it
+        was priced, as `renewals.renew` has it): `advance`, one statement for all."""
+        for trial in (False, True):
+            group = [(effect, invoice) for effect, invoice in paid if effect.trial is trial]
+            if group:
+                cls.advance_many([effect for effect, _ in group], [invoice.number for _, invoice in group])
+
+    @staticmethod
+    def advance_many(effects: list[Renewal], invoice_numbers: list[str | None] | None) -> None:
+        """`advance` for many renewals of waiting subscriptions, all trials or none (the caller groups them)."""
+        numbers = invoice_numbers or [None] * len(effects)
+        trial = effects[0].trial
+        if any(effect.trial is not trial for effect in effects):
+            raise ValueError("advance_many takes trials or renewals, not both")
+        moves = []
+        for effect, number in zip(effects, numbers):
+            changes = effect._next_period()
+            moves.append(subscriptions.Move(
+                effect.subscription_id, {key: changes[key] for key in _PER_SUBSCRIPTION},
+                effect._advance_reason(number), effect._event_data(number)))
+        subscriptions.transition_many(_S.TRIALING if trial else _S.ACTIVE,
+                                      Transition.ACTIVATE if trial else Transition.RENEW, moves,
+                                      scheduled_plan_id=None, renewal_lease_until=None, grace_until=None)
+
+    def _advance_reason(self, invoice_number: str | None) -> str:
+        paid = f"paid by {invoice_number}" if invoice_number else "nothing to pay"
+        return f"{'first period' if self.trial else 'renewed'}, {paid}"
 
     def unpaid(self, invoice: Invoice, error: PaymentError) -> None:
         sub = subscriptions.lock(self.subscription_id)
@@ -549,7 +606,8 @@ def retry_with_new_card(method: PaymentMethod) -> purchases.Outcome | None:
 
 
 __all__ = [
-    "ADVANCED", "FinalUse", "Renewal", "batch", "draft", "due", "due_ids", "expire", "next_period", "next_try",
+    "ADVANCED", "FinalUse", "Renewal", "batch", "draft", "due", "due_ids", "expire", "line_drafts", "next_period",
+    "next_period_of", "next_try",
     "open_renewal", "outcome_result", "pay_now", "period_counts", "renew", "renewal_key", "restore_free_plan",
     "retry_payment", "retry_with_new_card", "send_reminders",
 ]

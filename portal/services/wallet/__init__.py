@@ -7,13 +7,15 @@ idempotency key backed by a unique constraint: the same movement twice is one en
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from portal.clock import now
 from portal.extensions import db
 from portal.models import EntryKind, Wallet, WalletEntry
-from portal.services.statements import insert_loaded
+from portal.services.statements import connection, insert_loaded, rows_cte
 
 _CREDIT_KINDS = {EntryKind.TOPUP, EntryKind.REFUND, EntryKind.CREDIT, EntryKind.ADJUSTMENT}
 _DEBIT_KINDS = {EntryKind.PAYMENT, EntryKind.REFUND, EntryKind.ADJUSTMENT}
@@ -167,6 +169,56 @@ def _write(wallet: Wallet, signed: int, kind: EntryKind, reason: str, key: str, 
         created_at=now(),
     )
     return insert_loaded(entry)
+
+
+@dataclass(frozen=True)
+class Debit:
+    """One of `debit_many`'s payments: `amount` (> 0) out of a wallet, under a key no entry can have yet."""
+
+    wallet_id: int
+    amount: int
+    currency: str
+    reason: str
+    idempotency_key: str
+    reference: str | None = None
+
+
+_ENTRIES = WalletEntry.__table__
+
+
+def debit_many(debits: list[Debit]) -> list[int]:
+    """Take many payments, each from another wallet, by one guarded update and one insert of their ledger
+    entries; returns each wallet's balance after its debit, in order.
+
+    The same guard as `debit` (a balance moves only where it covers the amount) and the same unique keys,
+    for a batch: if any balance falls short, InsufficientFunds is raised with the others already moved,
+    and the caller must roll the transaction back (lock the wallets first and it cannot happen). The keys
+    must name something made in this transaction (as `debit`'s `new_key`): nothing is replayed."""
+    if not debits:
+        return []
+    for item in debits:
+        _check_amount(item.amount)
+    if len({item.wallet_id for item in debits}) != len(debits):
+        raise ValueError("debit_many takes one debit per wallet")
+    at = now()
+    moves = rows_cte("moves", {"wallet_id": _WALLETS.c.id.type, "amount": _WALLETS.c.balance.type},
+                     [(item.wallet_id, item.amount) for item in debits])
+    balances = dict(db.session.execute(
+        sa.update(_WALLETS).where(_WALLETS.c.id == moves.c.wallet_id, _WALLETS.c.balance >= moves.c.amount)
+        .values(balance=_WALLETS.c.balance - moves.c.amount, updated_at=at)
+        .returning(_WALLETS.c.id, _WALLETS.c.balance)
+    ).all())
+    short = [item for item in debits if item.wallet_id not in balances]
+    if short:
+        current = db.session.execute(sa.select(_WALLETS.c.balance).where(_WALLETS.c.id == short[0].wallet_id)).scalar()
+        raise InsufficientFunds(current or 0, short[0].amount)
+    after = [balances[item.wallet_id] for item in debits]
+    connection().execute(_ENTRIES.insert(), [
+        {"wallet_id": item.wallet_id, "kind": EntryKind.PAYMENT, "amount": -item.amount, "currency": item.currency,
+         "balance_after": balance, "reason": item.reason, "actor_id": None, "reference": item.reference,
+         "idempotency_key": item.idempotency_key, "created_at": at}
+        for item, balance in zip(debits, after)])
+    return after
 
 
 def _existing(key: str) -> WalletEntry | None:

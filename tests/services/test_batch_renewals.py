@@ -3,6 +3,8 @@ portal.services.purchases.bulk): the same rows, keys and emails as one by one, t
 one-by-one path, all or nothing when a part fails, and never a subscription another process holds."""
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -225,19 +227,93 @@ def test_missed_periods_are_renewed_together_period_by_period_through_month_ends
     assert (sub.billing_anchor, sub.current_period_end) == (START, at(6, 30))
 
 
-@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
-def test_a_subscription_or_wallet_another_transaction_holds_is_left_to_the_one_by_one_path(catalog, clock):
-    """PostgreSQL: a customer paying now holds their subscription (or a top-up their wallet); the batch
-    does not wait for them, it leaves them to `renew`, which does."""
-    held_sub, held_wallet, free_one = (_customer(n, "premium", funds=5_000) for n in ("held", "topping", "free1"))
+postgres_only = pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
+
+
+@postgres_only
+def test_a_subscription_another_transaction_holds_is_left_to_the_one_by_one_path(catalog, clock):
+    """A customer paying now holds their subscription: the batch does not wait for them, it leaves them
+    to `renew`, which does."""
+    held, other_one = (_customer(n, "premium", funds=5_000) for n in ("held", "other1"))
     clock.set(FIRST_END + timedelta(minutes=5))
-    wallet_id = db.session.scalar(sa.select(Wallet.id).join(Subscription, Subscription.user_id == Wallet.user_id)
-                                  .where(Subscription.id == held_wallet))
     db.session.commit()
     with db.engine.connect() as other:
-        other.execute(sa.text("SELECT id FROM subscriptions WHERE id = :id FOR UPDATE"), {"id": held_sub})
-        other.execute(sa.text("SELECT id FROM wallets WHERE id = :id FOR UPDATE"), {"id": wallet_id})
-        result = _renew_together([held_sub, held_wallet, free_one])
+        other.execute(sa.text("SELECT id FROM subscriptions WHERE id = :id FOR UPDATE"), {"id": held})
+        result = _renew_together([held, other_one])
         other.rollback()
-    assert (dict(result.counts), result.advanced, result.left) == ({"renewed": 1}, [free_one], [held_sub, held_wallet])
-    assert _commit_then(billing.renew_subscriptions, result.left) == {"renewed": 2}
+    assert (dict(result.counts), result.advanced, result.left) == ({"renewed": 1}, [other_one], [held])
+    assert _commit_then(billing.renew_subscriptions, result.left) == {"renewed": 1}
+
+
+def _in_thread(app, func, *args) -> tuple[threading.Thread, dict]:
+    """Run func(*args) in another thread with its own app context and session; its result or error."""
+    outcome: dict = {}
+
+    def run():
+        with app.app_context():
+            try:
+                outcome["result"] = func(*args)
+                db.session.commit()
+            except Exception as error:  # noqa: BLE001 - reported to the test
+                db.session.rollback()
+                outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _until_a_backend_waits_on_a_lock(conn, outcome: dict) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))  # the view is read once per transaction else
+        if conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                "AND datname = current_database()")).scalar():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"nothing waited on a lock: {outcome}")
+
+
+@postgres_only
+def test_a_batch_waiting_for_the_invoice_numbers_holds_no_wallet_a_top_up_needs(app, catalog, clock):
+    """A top-up (flow.buy) takes the invoice number, then its wallet. A batch that locked its wallets before
+    the numbers deadlocked with it (PostgreSQL aborted one of the two); it reads them and debits after."""
+    sub_id = _customer("payer", "premium", funds=5_000)
+    clock.set(FIRST_END + timedelta(minutes=5))
+    wallet_id = db.session.scalar(sa.select(Wallet.id).join(Subscription, Subscription.user_id == Wallet.user_id)
+                                  .where(Subscription.id == sub_id))
+    db.session.add(NumberSequence(name="INV", value=0))
+    db.session.commit()
+    with db.engine.connect() as top_up:
+        top_up.execute(sa.text("UPDATE number_sequences SET value = value + 1 WHERE name = 'INV'"))
+        thread, outcome = _in_thread(app, batch_renewals.renew_many, [sub_id])
+        _until_a_backend_waits_on_a_lock(top_up, outcome)  # the batch, on the numbers
+        top_up.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+        top_up.execute(sa.text("UPDATE wallets SET updated_at = updated_at WHERE id = :id"), {"id": wallet_id})
+        top_up.rollback()
+        thread.join(30)
+    assert "error" not in outcome, outcome
+    assert dict(outcome["result"].counts) == {"renewed": 1}
+
+
+@postgres_only
+def test_an_upgrade_takes_the_subscription_before_an_invoice_number_as_a_renewal_does(app, catalog, clock):
+    """A renewal holds the subscription and waits for the numbers; an upgrade of the same subscription that
+    took a number first and then waited for the subscription deadlocked with it."""
+    from portal.services.subscriptions import changes as plan_changes
+
+    sub_id = _customer("upgrader", "premium", funds=100_000)
+    user_id = db.session.get(Subscription, sub_id).user_id
+    clock.set(START + timedelta(days=10))
+    db.session.add(NumberSequence(name="INV", value=0))
+    db.session.commit()
+    with db.engine.connect() as renewal:
+        renewal.execute(sa.text("SELECT id FROM subscriptions WHERE id = :id FOR UPDATE"), {"id": sub_id})
+        thread, outcome = _in_thread(app, lambda: plan_changes.upgrade(
+            db.session.get(User, user_id), _plan("business"), token="t1").status)
+        _until_a_backend_waits_on_a_lock(renewal, outcome)  # the upgrade, on the subscription
+        renewal.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+        renewal.execute(sa.text("UPDATE number_sequences SET value = value WHERE name = 'INV'"))
+        renewal.rollback()
+        thread.join(30)
+    assert outcome == {"result": "paid"}

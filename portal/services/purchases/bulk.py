@@ -7,10 +7,11 @@ caller's transaction with a few statements for all of them (a batch job's renewa
 
 It writes what `flow.buy` writes for a new invoice the wallet covers (an invoice born paid rather than
 paid by a second update: the same rows, the same keys), so pages, refunds and reports see no difference.
-Only what is certain goes this way: the caller picks new purchases whose wallet covers them (their
-wallets locked) and whose kind applies many at once; anything else, and anything a batch leaves, takes
-`flow.buy`. A batch is all or nothing: an error (a unique key, a subject that moved) raises, and the caller
-rolls the transaction back — no number, debit or effect of it survives.
+Only what is certain goes this way: the caller picks new purchases whose wallet covered them when it
+read it, of a kind that applies many at once; anything else, and anything a batch leaves, takes
+`flow.buy`. A batch is all or nothing: an error (a balance that fell meanwhile, a unique key, a subject
+that moved) raises, and the caller rolls the transaction back — no number, debit or effect of it survives.
+Locks as in `flow.buy`: the caller's subjects, then the numbers, then the wallets (by the guarded debits).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from portal.services.statements import connection
 
 @dataclass
 class WalletOrder:
-    """A new purchase to invoice and pay in full from the customer's wallet (locked by the caller)."""
+    """A new purchase to invoice and pay in full from the customer's wallet."""
 
     effect: Effect
     lines: list[LineDraft]

@@ -1,13 +1,18 @@
 """A batch job's renewals at once: the common ones in one transaction of a few statements for all.
 
-    renew_many ─ lock the batch's due subscriptions (skipping any another process holds) and their
-    │            wallets ─ their renewal keys unused? ─ the closing periods' counters (one query) ─ the
-    │            lines (billing.invoicing.renewal_lines, as `renewals.draft`) ─
+    renew_many ─ lock the batch's due subscriptions (skipping any another process holds) ─ their
+    │            renewal keys unused? ─ their wallets, the closing periods' counters (one query each) ─
+    │            the lines (billing.invoicing.renewal_lines, as `renewals.draft`) ─
     ├ nothing to bill → the next period (one guarded update, one insert of events)
     ├ the wallet covers it → purchases.bulk.pay_from_wallets (invoice paid, ledger, payment, receipt),
     │                        Renewal.apply_many (the next period)
-    └ anything else (a card to charge, a cancellation or a trial's end to bill, an invoice issued
-      before, a subscription or wallet another process holds) → left to `renewals.renew`, one by one
+    └ anything else (a card to charge, a cancellation to bill, an invoice issued before, a
+      subscription another process holds) → left to `renewals.renew`, one by one
+
+Locks are taken in the order every purchase takes them: the subscription, then the invoice numbers,
+then the wallet (by its guarded debit). The wallets are read, not locked, before the numbers: a top-up
+holds the numbers while it waits for its wallet, so a batch holding wallets while it waited for the
+numbers would deadlock with it. A balance that fell between the read and the debit fails the batch.
 
 The same renewals `renewals.renew` makes, with the same keys, rows and emails: per renewal it costs a
 few rows in shared statements instead of sixteen statements and a transaction of its own, which is what
@@ -53,8 +58,7 @@ _DUE = (
     .with_for_update(of=_SUBS, skip_locked=True)
 )
 _WALLETS_OF = (sa.select(_WALLETS.c.user_id, _WALLETS.c.id, _WALLETS.c.balance, _WALLETS.c.currency)
-               .where(_WALLETS.c.user_id.in_(sa.bindparam("user_ids", expanding=True)))
-               .order_by(_WALLETS.c.id).with_for_update(skip_locked=True))
+               .where(_WALLETS.c.user_id.in_(sa.bindparam("user_ids", expanding=True))))
 _USED_KEYS = sa.select(Invoice.__table__.c.idempotency_key).where(
     Invoice.__table__.c.idempotency_key.in_(sa.bindparam("keys", expanding=True)))
 _COUNTED = sa.select(_COUNTERS.c.user_id, _COUNTERS.c.feature_id, _COUNTERS.c.window_start, _COUNTERS.c.used,
@@ -113,7 +117,7 @@ def renew_many(subscription_ids: list[int]) -> Result:
         if rows else {}
     counted = _counted(rows)
 
-    free: list[tuple[Renewal, object]] = []
+    free: list[Renewal] = []
     orders: list[bulk.WalletOrder] = []
     for row in rows:
         closing = _plan(row.plan_id)
@@ -135,7 +139,7 @@ def renew_many(subscription_ids: list[int]) -> Result:
                          period_end=period.end, billing_anchor=anchor, trial=trial)
         total = sum(line.amount for line in lines)
         if total <= 0:
-            free.append((effect, row))
+            free.append(effect)
             continue
         account = wallets.get(row.user_id)
         if account is None or account.currency != plan.currency or account.balance < total:
@@ -146,16 +150,15 @@ def renew_many(subscription_ids: list[int]) -> Result:
             period_start=period.start, period_end=period.end))
 
     counts = Counter()
-    for trial in (False, True):
-        group = [effect for effect, row in free if effect.trial is trial]
+    for trial in (False, True):  # a trial's end is another transition
+        group = [effect for effect in free if effect.trial is trial]
         if group:
             Renewal.advance_many(group, None)
-            counts["converted" if trial else "free"] += len(group)
-        group = [order for order in orders if order.effect.trial is trial]
-        if group:
-            bulk.pay_from_wallets(group)
-            counts["converted" if trial else "renewed"] += len(group)
-    done = {effect.subscription_id for effect, _ in free} | {order.effect.subscription_id for order in orders}
+            counts["free"] += len(group)  # as `renew` says of it, a trial's end included
+    if orders:
+        bulk.pay_from_wallets(orders)
+        counts.update("converted" if order.effect.trial else "renewed" for order in orders)
+    done = {effect.subscription_id for effect in free} | {order.effect.subscription_id for order in orders}
     return Result(counts, sorted(done), [sid for sid in subscription_ids if sid not in done])
 
 

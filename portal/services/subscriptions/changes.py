@@ -167,6 +167,11 @@ def upgrade(user: User, new_plan: Plan, *, token: str) -> purchases.Outcome:
     earlier = earlier_upgrade(user, token)
     if earlier is not None:
         return purchases.resume(earlier)
+    live = subscriptions.live_subscription(user.id)
+    if live is not None:
+        # Locked before the invoice number is taken, as a renewal takes them: the other way round, an
+        # upgrade and the renewal of the same subscription at the same moment would deadlock.
+        subscriptions.lock(live.id)
     change = preview(user, new_plan)
     if not change.is_upgrade:
         raise PlanChangeError(f"{new_plan.name} costs less: it starts at the end of your period")

@@ -191,9 +191,9 @@ def debit_many(debits: list[Debit]) -> list[int]:
     entries; returns each wallet's balance after its debit, in order.
 
     The same guard as `debit` (a balance moves only where it covers the amount) and the same unique keys,
-    for a batch: if any balance falls short, InsufficientFunds is raised with the others already moved,
-    and the caller must roll the transaction back (lock the wallets first and it cannot happen). The keys
-    must name something made in this transaction (as `debit`'s `new_key`): nothing is replayed."""
+    for a batch: if any balance falls short (it fell since the caller read it), InsufficientFunds is
+    raised with the others already moved, and the caller must roll the transaction back. The keys must
+    name something made in this transaction (as `debit`'s `new_key`): nothing is replayed."""
     if not debits:
         return []
     for item in debits:

@@ -69,17 +69,9 @@ def notify_many(kind: str, emails: list[tuple[Any, dict[str, Any], str]]) -> int
         raise ValueError(f"{kind} is not a customer email")
     at = now()
     domain = _sender_domain() or "portal"
-    rows = []
-    for recipient, context, key in emails:
-        if spec.optional and not recipient.usage_emails:
-            continue
-        context = json.loads(json.dumps(_jsonable(context)))
-        rows.append(dict(
-            user_id=recipient.id, to_address=recipient.email, template=kind,
-            subject=render_subject(kind, context, tz_name=recipient.timezone)[:255], context=context,
-            status=EmailStatus.QUEUED.value, attempts=0, idempotency_key=key[:200], created_at=at,
-            next_attempt_at=at, interrupted=False, message_id=make_msgid(idstring=uuid.uuid4().hex[:12], domain=domain),
-        ))
+    rows = [_log_row(kind, context, key, to=recipient.email, user_id=recipient.id, tz_name=recipient.timezone,
+                     at=at, domain=domain)
+            for recipient, context, key in emails if not spec.optional or recipient.usage_emails]
     if not rows:
         return 0
     conn = connection()
@@ -99,18 +91,24 @@ def notify_staff(kind: str, context: dict[str, Any], key: str) -> int | None:
 
 def _queue(kind: str, context: dict[str, Any], key: str, *, to: str, user_id: int | None, name: str,
            tz_name: str | None) -> int | None:
-    context = json.loads(json.dumps(_jsonable(context)))
-    subject = render_subject(kind, context, tz_name=tz_name)
-    at = now()
     conn = connection()
-    email_id = conn.execute(_insert(conn.dialect.name), dict(
-        user_id=user_id, to_address=to, template=kind, subject=subject[:255], context=context,
-        status=EmailStatus.QUEUED.value, attempts=0, idempotency_key=key[:200], created_at=at, next_attempt_at=at,
-        interrupted=False, message_id=make_msgid(idstring=uuid.uuid4().hex[:12], domain=_sender_domain() or "portal"),
+    email_id = conn.execute(_insert(conn.dialect.name), _log_row(
+        kind, context, key, to=to, user_id=user_id, tz_name=tz_name, at=now(), domain=_sender_domain() or "portal",
     )).scalar_one_or_none()
     if email_id is not None:
         outbox.enqueue_after_commit(SEND_JOB, email_id, queue_name="emails", job_id=f"email-{email_id}")
     return email_id
+
+
+def _log_row(kind: str, context: dict[str, Any], key: str, *, to: str, user_id: int | None, tz_name: str | None,
+             at: datetime, domain: str) -> dict[str, Any]:
+    """The EmailLog row of an email queued now: its context as JSON keeps it, its subject rendered."""
+    context = json.loads(json.dumps(_jsonable(context)))
+    return dict(
+        user_id=user_id, to_address=to, template=kind, subject=render_subject(kind, context, tz_name=tz_name)[:255],
+        context=context, status=EmailStatus.QUEUED.value, attempts=0, idempotency_key=key[:200], created_at=at,
+        next_attempt_at=at, interrupted=False, message_id=make_msgid(idstring=uuid.uuid4().hex[:12], domain=domain),
+    )
 
 
 _INSERTS: dict[str, sa.Insert] = {}

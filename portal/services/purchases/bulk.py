@@ -21,10 +21,11 @@ from datetime import datetime
 from typing import Any
 
 from portal.clock import now
-from portal.models import Invoice, InvoiceLine, InvoiceStatus, Payment, PaymentPurpose, PaymentStatus
+from portal.models import Invoice, InvoiceStatus, Payment, PaymentPurpose, PaymentStatus
 from portal.services import invoices, notifications, wallet
 from portal.services.invoices import LineDraft
 from portal.services.purchases.effects import Effect
+from portal.services.purchases.flow import wallet_part
 from portal.services.statements import connection
 
 
@@ -73,7 +74,6 @@ class PaidInvoice:
 
 _INVOICES = Invoice.__table__
 _INSERT_INVOICES = _INVOICES.insert().returning(_INVOICES.c.id, sort_by_parameter_order=True)
-_LINES = InvoiceLine.__table__
 _PAYMENTS = Payment.__table__
 
 
@@ -100,23 +100,17 @@ def pay_from_wallets(orders: list[WalletOrder]) -> list[PaidInvoice]:
     paid = [PaidInvoice(invoice_id, number, order.recipient.id, order.subscription_id, order.currency, order.total,
                         at, order.lines)
             for order, invoice_id, number in zip(orders, ids, numbers)]
-    connection().execute(_LINES.insert(), [
-        {"invoice_id": invoice.id, "position": position, "kind": line.kind, "description": line.description,
-         "quantity": line.quantity, "unit_price": line.unit_price, "amount": line.amount,
-         "feature_id": line.feature_id, "breakdown": line.breakdown, "period_start": line.period_start,
-         "period_end": line.period_end}
-        for invoice in paid for position, line in enumerate(invoice.lines, start=1)])
-    # The keys a wallet part of a new invoice has in `flow._pay_from_wallet`.
-    keys = [f"invoice:{invoice.number}:wallet" for invoice in paid]
-    wallet.debit_many([wallet.Debit(order.wallet_id, invoice.total, invoice.currency, f"Payment of {invoice.number}",
-                                    key, reference=f"invoice:{invoice.number}")
-                       for order, invoice, key in zip(orders, paid, keys)])
+    invoices.insert_lines([(invoice.id, invoice.lines) for invoice in paid])
+    parts = [wallet_part(invoice.number) for invoice in paid]  # named as `flow.buy` names a new invoice's
+    wallet.debit_many([wallet.Debit(order.wallet_id, invoice.total, invoice.currency, part.reason, part.key,
+                                    reference=part.reference)
+                       for order, invoice, part in zip(orders, paid, parts)])
     connection().execute(_PAYMENTS.insert(), [
         {"user_id": invoice.user_id, "invoice_id": invoice.id, "purpose": PaymentPurpose.INVOICE,
          "amount": invoice.total, "currency": invoice.currency, "status": PaymentStatus.SUCCEEDED,
-         "provider": "wallet", "idempotency_key": key, "description": f"Wallet → {invoice.number}", "data": {},
+         "provider": "wallet", "idempotency_key": part.key, "description": part.description, "data": {},
          "created_at": at, "amount_refunded": 0}
-        for invoice, key in zip(paid, keys)])
+        for invoice, part in zip(paid, parts)])
     next(iter(kinds)).apply_many([(order.effect, invoice) for order, invoice in zip(orders, paid)])
     receipts: dict[str, list[tuple[Any, dict[str, Any], str]]] = defaultdict(list)
     for order, invoice in zip(orders, paid):

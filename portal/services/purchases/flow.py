@@ -182,6 +182,23 @@ def _pay(user: User, invoice: Invoice, effect: Effect, *, off_session: bool, che
     return _submit(payment, off_session=off_session)
 
 
+@dataclass(frozen=True)
+class WalletPart:
+    """How a wallet part of an invoice is named: its key (the ledger entry's and the payment's), the
+    ledger entry's reason and reference, the payment's description."""
+
+    key: str
+    reason: str
+    reference: str
+    description: str
+
+
+def wallet_part(number: str, earlier: int = 0) -> WalletPart:
+    """The names of invoice `number`'s wallet part after `earlier` ones (the first has no suffix)."""
+    return WalletPart(f"invoice:{number}:wallet" + (f":{earlier + 1}" if earlier else ""), f"Payment of {number}",
+                      f"invoice:{number}", f"Wallet → {number}")
+
+
 def _pay_from_wallet(invoice: Invoice, *, new: bool = False, account: Wallet | None = None) -> Payment | None:
     """Take what the wallet can of what the invoice owes, in the invoice's currency only (`new`: the
     invoice was issued in this transaction, so no earlier wallet part can exist)."""
@@ -192,13 +209,13 @@ def _pay_from_wallet(invoice: Invoice, *, new: bool = False, account: Wallet | N
         return None
     earlier = 0 if new else db.session.scalar(sa.select(sa.func.count(Payment.id)).where(
         Payment.invoice_id == invoice.id, Payment.provider == "wallet"))
-    key = f"invoice:{invoice.number}:wallet" + (f":{earlier + 1}" if earlier else "")
+    names = wallet_part(invoice.number, earlier)
     try:
-        wallet.debit(invoice.user_id, take, reason=f"Payment of {invoice.number}", idempotency_key=key,
-                     reference=f"invoice:{invoice.number}", wallet=account, new_key=new)
+        wallet.debit(invoice.user_id, take, reason=names.reason, idempotency_key=names.key,
+                     reference=names.reference, wallet=account, new_key=new)
     except wallet.InsufficientFunds:  # spent by a concurrent payment a moment ago: the card pays it all
         return None
-    part = payments.wallet_payment(invoice, take, key, description=f"Wallet → {invoice.number}")
+    part = payments.wallet_payment(invoice, take, names.key, description=names.description)
     invoices.record_payment(invoice, take)
     return part
 

@@ -28,7 +28,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from portal.billing.estimate import PlanTerms
-from portal.billing.invoicing import Counted, billed_codes, renewal_lines
+from portal.billing.invoicing import Counted, renewal_lines
 from portal.billing.lifecycle import SubscriptionStatus
 from portal.billing.periods import Period
 from portal.clock import now
@@ -70,7 +70,8 @@ _COUNTED = sa.select(_COUNTERS.c.user_id, _COUNTERS.c.feature_id, _COUNTERS.c.wi
 
 @dataclass(frozen=True)
 class _Plan:
-    """What a batch reads of a plan once: its interval, currency, pricing terms and features' ids."""
+    """What a batch reads of a plan once: its interval, currency, pricing terms, features' ids and the
+    features whose use it bills at a period's end (code by id)."""
 
     id: int
     interval_unit: str
@@ -78,6 +79,7 @@ class _Plan:
     currency: str
     terms: PlanTerms
     feature_ids: dict[str, int]
+    billed: dict[int, str]
 
 
 def _plan(plan_id: int) -> _Plan:
@@ -87,7 +89,7 @@ def _plan(plan_id: int) -> _Plan:
     if found is None:
         plan = renewals.plan_by_id(plan_id)
         found = _Plan(plan.id, plan.interval_unit, plan.interval_count, plan.currency, renewals._terms(plan),
-                      renewals._feature_ids(plan))
+                      renewals._feature_ids(plan), renewals.billed_feature_codes(plan))
         if cache is not None:
             cache[("batch", plan_id)] = found
     return found
@@ -127,12 +129,9 @@ def renew_many(subscription_ids: list[int]) -> Result:
                                                  closing=(closing.interval_unit, closing.interval_count),
                                                  next_=(plan.interval_unit, plan.interval_count))
         closing_terms = None if trial else closing.terms
-        counts = {}
-        if closing_terms is not None:
-            codes_by_id = {closing.feature_ids[code]: code for code in billed_codes(closing_terms)
-                           if code in closing.feature_ids}
-            counts = {code: counted[(row.user_id, fid, row.current_period_start)]
-                      for fid, code in codes_by_id.items() if (row.user_id, fid, row.current_period_start) in counted}
+        counts = {} if trial else {
+            code: counted[(row.user_id, fid, row.current_period_start)]
+            for fid, code in closing.billed.items() if (row.user_id, fid, row.current_period_start) in counted}
         lines = renewal_lines(next_terms=plan.terms, next_period=period, closing_terms=closing_terms,
                               closing_period=Period(row.current_period_start, row.current_period_end), counted=counts)
         effect = Renewal(subscription_id=row.id, from_plan_id=row.plan_id, plan_id=plan.id, period_start=period.start,
@@ -150,11 +149,9 @@ def renew_many(subscription_ids: list[int]) -> Result:
             period_start=period.start, period_end=period.end))
 
     counts = Counter()
-    for trial in (False, True):  # a trial's end is another transition
-        group = [effect for effect in free if effect.trial is trial]
-        if group:
-            Renewal.advance_many(group, None)
-            counts["free"] += len(group)  # as `renew` says of it, a trial's end included
+    if free:
+        Renewal.advance_many(free, None)
+        counts["free"] += len(free)  # as `renew` says of it, a trial's end included
     if orders:
         bulk.pay_from_wallets(orders)
         counts.update("converted" if order.effect.trial else "renewed" for order in orders)
@@ -176,11 +173,8 @@ def _counted(rows) -> dict[tuple[int, int, datetime], Counted]:
     """The closing periods' counters of the batch's billed features, by (customer, feature, period start)."""
     feature_ids: set[int] = set()
     for row in rows:
-        if row.status is _S.TRIALING:
-            continue
-        closing = _plan(row.plan_id)
-        feature_ids.update(closing.feature_ids[code] for code in billed_codes(closing.terms)
-                           if code in closing.feature_ids)
+        if row.status is not _S.TRIALING:
+            feature_ids.update(_plan(row.plan_id).billed)
     if not feature_ids:
         return {}
     found = db.session.execute(_COUNTED, {

@@ -143,6 +143,15 @@ def _feature_ids(plan: Plan) -> dict[str, int]:
     return _of_plan("features", plan, lambda p: {pf.feature.code: pf.feature_id for pf in p.features})
 
 
+def billed_feature_codes(plan: Plan) -> dict[int, str]:
+    """The plan's features whose use is billed at a period's end: code by feature id (their counters)."""
+    def read(p: Plan) -> dict[int, str]:
+        feature_ids = _feature_ids(p)
+        return {feature_ids[code]: code for code in billed_codes(_terms(p)) if code in feature_ids}
+
+    return _of_plan("billed", plan, read)
+
+
 _COUNTER_TABLE = UsageCounter.__table__
 _COUNTERS = sa.select(_COUNTER_TABLE.c.feature_id, _COUNTER_TABLE.c.used, _COUNTER_TABLE.c.bonus).where(
     _COUNTER_TABLE.c.user_id == sa.bindparam("user_id"),
@@ -150,13 +159,11 @@ _COUNTERS = sa.select(_COUNTER_TABLE.c.feature_id, _COUNTER_TABLE.c.used, _COUNT
     _COUNTER_TABLE.c.window_start == sa.bindparam("window_start", type_=_COUNTER_TABLE.c.window_start.type))
 
 
-def period_counts(sub: Subscription, terms: PlanTerms) -> dict[str, Counted]:
+def period_counts(sub: Subscription) -> dict[str, Counted]:
     """The current period's counters of the features billed at its end, by feature code."""
-    codes = billed_codes(terms)
-    if not codes:
+    codes_by_id = billed_feature_codes(sub.plan)
+    if not codes_by_id:
         return {}
-    feature_ids = _feature_ids(sub.plan)
-    codes_by_id = {feature_ids[code]: code for code in codes if code in feature_ids}
     counters = db.session.execute(_COUNTERS, {"user_id": sub.user_id, "feature_ids": list(codes_by_id),
                                               "window_start": sub.current_period_start})
     return {codes_by_id[row.feature_id]: Counted(row.used, row.bonus) for row in counters}
@@ -169,7 +176,7 @@ def draft(sub: Subscription, plan: Plan | None, period: Period | None) -> tuple[
     return renewal_lines(
         next_terms=_terms(plan) if plan is not None else None, next_period=period,
         closing_terms=closing, closing_period=Period(sub.current_period_start, sub.current_period_end),
-        counted=period_counts(sub, closing) if closing is not None else {},
+        counted=period_counts(sub) if closing is not None else {},
     )
 
 
@@ -263,27 +270,25 @@ class Renewal(purchases.Effect):
     def apply_many(cls, paid: list[tuple[purchases.Effect, Any]]) -> None:
         """`apply` for renewals paid at once, each of a subscription still waiting for it (locked since it
         was priced, as `renewals.renew` has it): `advance`, one statement for all."""
-        for trial in (False, True):
-            group = [(effect, invoice) for effect, invoice in paid if effect.trial is trial]
-            if group:
-                cls.advance_many([effect for effect, _ in group], [invoice.number for _, invoice in group])
+        cls.advance_many([effect for effect, _ in paid], [invoice.number for _, invoice in paid])
 
     @staticmethod
     def advance_many(effects: list[Renewal], invoice_numbers: list[str | None] | None) -> None:
-        """`advance` for many renewals of waiting subscriptions, all trials or none (the caller groups them)."""
+        """`advance` for many renewals of waiting subscriptions: one statement for the renewals, one for
+        the trials' ends (another transition)."""
         numbers = invoice_numbers or [None] * len(effects)
-        trial = effects[0].trial
-        if any(effect.trial is not trial for effect in effects):
-            raise ValueError("advance_many takes trials or renewals, not both")
-        moves = []
-        for effect, number in zip(effects, numbers):
-            changes = effect._next_period()
-            moves.append(subscriptions.Move(
-                effect.subscription_id, {key: changes[key] for key in _PER_SUBSCRIPTION},
-                effect._advance_reason(number), effect._event_data(number)))
-        subscriptions.transition_many(_S.TRIALING if trial else _S.ACTIVE,
-                                      Transition.ACTIVATE if trial else Transition.RENEW, moves,
-                                      scheduled_plan_id=None, renewal_lease_until=None, grace_until=None)
+        for trial in (False, True):
+            moves = []
+            for effect, number in zip(effects, numbers):
+                if effect.trial is trial:
+                    changes = effect._next_period()
+                    moves.append(subscriptions.Move(
+                        effect.subscription_id, {key: changes[key] for key in _PER_SUBSCRIPTION},
+                        effect._advance_reason(number), effect._event_data(number)))
+            if moves:
+                subscriptions.transition_many(_S.TRIALING if trial else _S.ACTIVE,
+                                              Transition.ACTIVATE if trial else Transition.RENEW, moves,
+                                              scheduled_plan_id=None, renewal_lease_until=None, grace_until=None)
 
     def _advance_reason(self, invoice_number: str | None) -> str:
         paid = f"paid by {invoice_number}" if invoice_number else "nothing to pay"
@@ -606,7 +611,7 @@ def retry_with_new_card(method: PaymentMethod) -> purchases.Outcome | None:
 
 
 __all__ = [
-    "ADVANCED", "FinalUse", "Renewal", "batch", "draft", "due", "due_ids", "expire", "line_drafts", "next_period",
+    "ADVANCED", "FinalUse", "Renewal", "batch", "billed_feature_codes", "draft", "due", "due_ids", "expire", "line_drafts", "next_period",
     "next_period_of", "next_try",
     "open_renewal", "outcome_result", "pay_now", "period_counts", "renew", "renewal_key", "restore_free_plan",
     "retry_payment", "retry_with_new_card", "send_reminders",
